@@ -1,0 +1,305 @@
+"""The experiment config: data, model, MLM objective and training schedule, as typed dataclasses.
+
+A recipe YAML (``negint_ds/recipes/*.yaml``) is an :class:`ExperimentConfig`. DeepSpeed's own JSON
+(``ds_configs/``) owns batch sizes, optimizer, precision and ZeRO stage; see
+:mod:`negint_ds.config.deepspeed`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..data.sources.catalog import BIBLE_ALL_TRANSLATIONS, BIBLE_TRANSLATIONS, WIKI_MEMBERS
+from ..languages import is_language_code
+from .loader import ConfigError, apply_overrides, from_mapping, read_mapping, to_mapping
+
+_LANG_ID = re.compile(r"^[a-z]{2}(_[a-z0-9]+)?$")
+
+
+@dataclass
+class LanguageConfig:
+    """Where one language's text comes from. The mapping key is the language *id* used in the run.
+
+    The id is an ISO 639-1 code, optionally with a suffix for variants such as the paper's
+    low-resource ``fr_l`` (``lang`` defaults to the part before ``_``).
+    """
+
+    source: Literal["bible", "wiki", "text", "hf"]
+    lang: Optional[str] = None
+    #: ``text``: path of a UTF-8 file, one sentence or paragraph per line.
+    path: Optional[str] = None
+    #: ``bible``: bbName of a translation (default: :data:`BIBLE_TRANSLATIONS` [lang]).
+    translation: Optional[str] = None
+    #: ``hf``: dataset name or builder for ``datasets.load_dataset`` (``json``, ``text``, ``parquet``,
+    #: or a hub name such as ``wikimedia/wikipedia`` when online or cached).
+    dataset: Optional[str] = None
+    hf_config: Optional[str] = None
+    data_files: Optional[list[str]] = None
+    hf_split: str = "train"
+    text_field: str = "text"
+    #: Read at most this many documents from the source (before cleaning); None = all.
+    max_documents: Optional[int] = None
+    #: Subsample the *train* split to this many sentences (the paper's low-resource fr_l / ru_l).
+    max_train_sentences: Optional[int] = None
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.lang is not None and not is_language_code(self.lang):
+            p.append(f"lang: unknown language code {self.lang!r} (expected ISO 639-1, e.g. 'sw')")
+        if self.source == "text" and not self.path:
+            p.append("path: required for source 'text' (one sentence or paragraph per line)")
+        if self.source == "hf" and not self.dataset:
+            p.append("dataset: required for source 'hf' (e.g. 'json' with data_files, or a hub name)")
+        if self.source == "bible" and self.translation is not None and self.translation not in BIBLE_ALL_TRANSLATIONS:
+            p.append(f"translation: unknown bible translation {self.translation!r}; "
+                     f"known: {sorted(BIBLE_ALL_TRANSLATIONS)}")
+        for name in ("max_documents", "max_train_sentences"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                p.append(f"{name}: must be positive, got {v}")
+        return p
+
+
+@dataclass
+class CleaningConfig:
+    """Line cleaning applied before splitting (character counts after normalisation)."""
+
+    normalization: Literal["NFC", "NFKC", "none"] = "NFC"
+    min_chars: int = 1
+    max_chars: int = 5000
+    dedupe: bool = True
+
+    def validate(self) -> list[str]:
+        if not 1 <= self.min_chars <= self.max_chars:
+            return [f"min_chars/max_chars: need 1 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}"]
+        return []
+
+
+@dataclass
+class SplitConfig:
+    """Deterministic train/valid/test split by hashing each unit's key (verse id, article, line)."""
+
+    valid_fraction: float = 0.02
+    test_fraction: float = 0.02
+    salt: str = "negint_ds"
+
+    def validate(self) -> list[str]:
+        if not (0 < self.valid_fraction and 0 <= self.test_fraction and self.valid_fraction + self.test_fraction < 1):
+            return [f"valid_fraction/test_fraction: need 0 < valid, 0 <= test, valid + test < 1; "
+                    f"got {self.valid_fraction}, {self.test_fraction}"]
+        return []
+
+
+@dataclass
+class VocabConfig:
+    """Shared SentencePiece vocabulary trained on a temperature-sampled mix of the languages."""
+
+    size: int = 32000
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    #: T in P_i ∝ (n_i/Σn)^(1/T) for the vocabulary training mix (XLM: exponent 0.5, i.e. T = 2).
+    temperature: float = 2.0
+    #: Sentences in the mix fed to SentencePiece.
+    sample_sentences: int = 1_000_000
+    character_coverage: float = 0.9995
+    seed: int = 0
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.size < 100:
+            p.append(f"size: vocabulary of {self.size} is too small (need >= 100)")
+        if self.size > 2**31 - 1:
+            p.append(f"size: {self.size} does not fit int32 token ids")
+        if self.temperature <= 0:
+            p.append(f"temperature: must be > 0, got {self.temperature}")
+        if self.sample_sentences <= 0:
+            p.append(f"sample_sentences: must be positive, got {self.sample_sentences}")
+        return p
+
+
+@dataclass
+class DataConfig:
+    """Corpus, cleaning, split and vocabulary; ``python -m negint_ds.prepare`` writes ``dir``."""
+
+    dir: str
+    languages: dict[str, LanguageConfig]
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    #: Cache for the built-in corpora's wheels (default: $NEGINT_DS_CACHE or ~/.cache/negint_ds).
+    cache_dir: Optional[str] = None
+
+    def validate(self) -> list[str]:
+        p = []
+        if not self.languages:
+            p.append("languages: at least one language is required")
+        for key, lc in self.languages.items():
+            if not _LANG_ID.match(key):
+                p.append(f"languages.{key}: language id must look like 'sw' or 'fr_l'")
+                continue
+            code = lc.lang or key.split("_")[0]
+            if not is_language_code(code):
+                p.append(f"languages.{key}: unknown language code {code!r} (expected ISO 639-1, e.g. 'sw'); "
+                         f"set 'lang:' for a custom id")
+            elif lc.source == "bible" and lc.translation is None and code not in BIBLE_TRANSLATIONS:
+                p.append(f"languages.{key}: the built-in bible corpus has no {code!r}; "
+                         f"available: {sorted(BIBLE_TRANSLATIONS)}")
+            elif lc.source == "wiki" and code not in WIKI_MEMBERS:
+                p.append(f"languages.{key}: the built-in wiki corpus has no {code!r}; available: {sorted(WIKI_MEMBERS)}")
+        return p
+
+    def lang_code(self, lang_id: str) -> str:
+        """ISO 639-1 code of a language id (``'fr_l' -> 'fr'`` unless ``lang`` is set)."""
+        lc = self.languages[lang_id]
+        return lc.lang or lang_id.split("_")[0]
+
+
+@dataclass
+class ModelConfig:
+    """XLM-style Transformer encoder (paper: 8 layers, d=512, FFN 2048, vocab 32k).
+
+    The paper states 12 attention heads, which does not divide d=512; we default to 8 (head size 64).
+    """
+
+    layers: int = 8
+    dim: int = 512
+    heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation: Literal["gelu", "relu"] = "gelu"
+    max_positions: int = 512
+    lang_embeddings: bool = True
+    #: None: taken from the prepared vocabulary. If set, it must equal the vocabulary's size.
+    vocab_size: Optional[int] = None
+
+    def validate(self) -> list[str]:
+        p = []
+        for name in ("layers", "dim", "heads", "ffn_dim", "max_positions"):
+            if getattr(self, name) <= 0:
+                p.append(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.heads > 0 and self.dim % self.heads:
+            p.append(f"heads: {self.heads} heads do not divide dim={self.dim}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                p.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        return p
+
+
+@dataclass
+class MLMConfig:
+    """XLM masked LM: ``mask_prob`` of tokens are predicted; of those 80% → <mask>, 10% random, 10% kept."""
+
+    mask_prob: float = 0.15
+    mask_frac: float = 0.8
+    random_frac: float = 0.1
+    keep_frac: float = 0.1
+
+    def validate(self) -> list[str]:
+        p = []
+        if not 0 < self.mask_prob < 1:
+            p.append(f"mask_prob: must be in (0, 1), got {self.mask_prob}")
+        fr = (self.mask_frac, self.random_frac, self.keep_frac)
+        if min(fr) < 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+            p.append(f"mask_frac/random_frac/keep_frac: must be >= 0 and sum to 1, got {fr}")
+        return p
+
+
+@dataclass
+class TrainConfig:
+    """Steps, language sampling, schedule and the run's logging/eval/checkpoint intervals."""
+
+    max_steps: int = 100_000
+    seq_len: int = 256
+    #: T in P_i ∝ (n_i/Σn)^(1/T) (XLM's exponent 0.7 is T ≈ 1.43); one language per step.
+    lang_temperature: float = 1.43
+    #: XLM ``adam_inverse_sqrt``: linear warm-up from ``warmup_init_lr`` over ``warmup_steps`` then
+    #: lr·sqrt(warmup/step). Used unless the DeepSpeed config has its own ``scheduler`` section.
+    warmup_steps: int = 30000
+    warmup_init_lr: float = 1e-7
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 1000
+    save_every: int = 5000
+    #: Checkpoints kept on disk besides the newest (older ones are deleted after a successful save).
+    keep_checkpoints: int = 2
+    #: Validation windows per language (None = the whole valid split).
+    eval_sequences: Optional[int] = 512
+    eval_batch_size: int = 32
+    #: ``torch.compile`` the model through DeepSpeed's ``engine.compile()`` (GPU; slow to compile on CPU).
+    compile: bool = False
+
+    def validate(self) -> list[str]:
+        p = []
+        for name in ("max_steps", "seq_len", "log_every", "eval_every", "save_every", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                p.append(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.seq_len < 4:
+            p.append(f"seq_len: must be at least 4, got {self.seq_len}")
+        if self.lang_temperature <= 0:
+            p.append(f"lang_temperature: must be > 0, got {self.lang_temperature}")
+        if self.warmup_steps < 0:
+            p.append(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.keep_checkpoints < 0:
+            p.append(f"keep_checkpoints: must be >= 0, got {self.keep_checkpoints}")
+        if self.eval_sequences is not None and self.eval_sequences <= 0:
+            p.append(f"eval_sequences: must be positive or null, got {self.eval_sequences}")
+        return p
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: one recipe file."""
+
+    name: str
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+
+    def validate(self) -> list[str]:
+        if self.train.seq_len > self.model.max_positions:
+            return [f"train.seq_len: {self.train.seq_len} exceeds model.max_positions={self.model.max_positions}"]
+        return []
+
+    @property
+    def lang_ids(self) -> list[str]:
+        """Language ids in config order; index = language embedding id."""
+        return list(self.data.languages)
+
+
+def recipe_path(name_or_path: str) -> str:
+    """Resolve a recipe: an existing file path, or the name of a built-in recipe in ``negint_ds/recipes``.
+
+    Raises:
+        ConfigError: neither a file nor a built-in recipe name (the message lists the built-ins).
+    """
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+    for ext in (".yaml", ".yml", ".json"):
+        cand = os.path.join(here, name_or_path + ext)
+        if os.path.isfile(cand):
+            return cand
+    known = sorted(os.path.splitext(f)[0] for f in os.listdir(here) if f.endswith((".yaml", ".yml", ".json")))
+    raise ConfigError([f"no such file or built-in recipe: {name_or_path!r}; built-in recipes: {known}"],
+                      source="--config")
+
+
+def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a recipe file (or built-in recipe name), apply ``key=value`` overrides, and validate it.
+
+    Raises:
+        ConfigError: every unknown key, type error and failed check, naming the file and field.
+    """
+    path = recipe_path(name_or_path)
+    data = apply_overrides(read_mapping(path), list(overrides or []))
+    return from_mapping(ExperimentConfig, data, source=path, root="config")
+
+
+__all__ = ["ConfigError", "DataConfig", "ExperimentConfig", "LanguageConfig", "ModelConfig", "MLMConfig",
+           "TrainConfig", "VocabConfig", "SplitConfig", "CleaningConfig", "load_experiment", "recipe_path",
+           "to_mapping"]

@@ -1,0 +1,44 @@
+"""Per-language validation perplexity (the paper's Figure 2): exp of mean MLM cross-entropy on masked tokens."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..mlm import MLMBatch
+from .dist import all_reduce_sum
+
+
+@torch.no_grad()
+def evaluate(engine, batches_by_lang: dict[str, list[MLMBatch | None]]) -> dict[str, dict[str, float]]:
+    """Score every language's fixed validation batches with the model in eval mode (no dropout).
+
+    Args:
+        engine: DeepSpeed engine (or any callable module taking ``MLMBatch`` fields and returning mean loss).
+        batches_by_lang: from :func:`~negint_ds.data.batches.eval_batches`; ``None`` entries are padding
+            for ranks with fewer windows: they run a forward (ZeRO-3 gathers need every rank) with weight 0.
+
+    Returns:
+        ``{lang: {"loss": mean nats per predicted token, "ppl": exp(loss), "tokens": predicted tokens}}``
+        summed over all ranks.
+    """
+    engine.eval()
+    device = engine.device
+    out = {}
+    try:
+        for lang, batches in batches_by_lang.items():
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            count = 0
+            real = next((b for b in batches if b is not None), None)
+            for b in batches:
+                mb = (b if b is not None else real).to(device)
+                loss = engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets)
+                if b is not None:
+                    total += loss.double() * mb.targets.numel()
+                    count += mb.targets.numel()
+            s, n = all_reduce_sum([float(total), float(count)], device)
+            loss = s / max(n, 1.0)
+            out[lang] = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(n)}
+    finally:
+        engine.train()
+    return out

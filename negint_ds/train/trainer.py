@@ -1,0 +1,396 @@
+"""Pretraining on DeepSpeed: one language per optimiser step, per-language validation, exact resume.
+
+DeepSpeed owns ZeRO partitioning, precision, gradient accumulation, clipping and the optimiser; this
+module owns the data order, the language schedule, evaluation, logging and the run directory.
+Later components (gradient-similarity probes, meta-learning drivers) hook in through
+:class:`TrainerCallback` or subclass :class:`Trainer` and override :meth:`Trainer.train_step`.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..atomic import atomic_write_json, atomic_write_text
+from ..config import precision, to_mapping, zero_stage
+from ..data.batches import TrainBatches, eval_batches
+from ..data.sampling import LanguageSchedule, language_probs
+from ..data.vocab import N_SPECIAL, PAD_ID
+from ..mlm import MLMBatch
+from ..model import MaskedLM, build_model, count_parameters, flops_per_token
+from ..seeding import derive_seed
+from .dist import barrier
+from .evaluate import evaluate
+from .lr_schedule import InverseSqrtWithWarmup
+from .metrics import MetricsLogger
+from .prefetch import Prefetcher
+from .report import plot_curves, write_final
+from .setup import Prepared, check_checkpoint_matches, dump_yaml
+
+log = logging.getLogger("negint_ds")
+
+
+class TrainerCallback:
+    """Hooks called on every rank. Override what you need (e.g. a per-language gradient-similarity probe)."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", step: int, lang: int, batches: list[MLMBatch]) -> None: ...
+
+    def on_eval(self, trainer: "Trainer", step: int, results: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class Trainer:
+    """Builds the model and DeepSpeed engine from a :class:`~negint_ds.train.setup.Prepared` run and trains it.
+
+    Attributes:
+        engine: the DeepSpeed engine; ``engine.module`` is the :class:`~negint_ds.model.MaskedLM`.
+        step: optimiser steps completed.
+        lang_ids: language ids; index i is language embedding i.
+    """
+
+    def __init__(self, prep: Prepared, rank: int, world_size: int, resume: bool, overwrite: bool,
+                 progress: bool = True, callbacks: list[TrainerCallback] | None = None):
+        import deepspeed
+
+        self.prep, self.cfg, self.paths = prep, prep.cfg, prep.paths
+        self.rank, self.world = rank, world_size
+        self.lang_ids = prep.cfg.lang_ids
+        self.progress, self.callbacks = progress, list(callbacks or [])
+        self._stop_signal: int | None = None
+        tc = self.cfg.train
+
+        if rank == 0 and not resume:
+            self.paths.create(overwrite)
+        barrier()
+        self._setup_logging()
+
+        counts = [prep.manifest["languages"][l]["splits"]["train"]["sentences"] for l in self.lang_ids]
+        self.lang_probs = language_probs(counts, tc.lang_temperature)
+        self.schedule = LanguageSchedule(self.lang_probs, tc.seed)
+
+        torch.manual_seed(derive_seed(tc.seed, "init"))  # identical initial weights on every rank
+        model = build_model(self.cfg.model, prep.vocab.size, len(self.lang_ids), PAD_ID)
+        ds_cfg = dict(prep.ds_cfg)
+        ds_cfg.setdefault("steps_per_print", 10 ** 9)  # our logger reports; keep DeepSpeed's quiet
+        ds_cfg["tensorboard"] = {"enabled": True, "output_path": self.paths.tensorboard, "job_name": "."}
+        scheduler = None
+        if "scheduler" not in ds_cfg:
+            base_lr = float(ds_cfg["optimizer"].get("params", {}).get("lr", 1e-3))
+            fn = InverseSqrtWithWarmup(tc.warmup_steps, tc.warmup_init_lr / base_lr)
+            scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn)  # noqa: E731
+        if zero_stage(ds_cfg) == 3:
+            # The MLM head reads the tied embedding outside the embedding module's own forward.
+            deepspeed.zero.register_external_parameter(model, model.encoder.tok_emb.weight)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                                    config=ds_cfg, lr_scheduler=scheduler)
+        self.device = self.engine.device
+        if tc.compile:
+            self.engine.compile()  # torch.compile through DeepSpeed (fuses LayerNorm/GELU/dropout/residuals)
+        self.micro = self.engine.train_micro_batch_size_per_gpu()
+        self.accum = self.engine.gradient_accumulation_steps()
+
+        self.step = 0
+        if resume:
+            latest = self.paths.latest()
+            if latest is not None:
+                _, client = self.engine.load_checkpoint(self.paths.checkpoints, tag=latest["tag"])
+                check_checkpoint_matches(client, prep)
+                self.step = int(client["step"])
+                self.first_eval = client.get("first_eval")
+        if not resume or self.paths.latest() is None:
+            self.first_eval = None
+        self.metrics = MetricsLogger(self.paths, self.lang_ids, self.engine.monitor, enabled=rank == 0)
+        last = None
+        if rank == 0:
+            self.metrics.truncate_after(self.step)
+            self._write_run_files(resume)
+            rec = [r for r in self.metrics.records("valid") if r["step"] == self.step]
+            if rec:
+                last = {l: {"loss": rec[-1][f"loss_{l}"], "ppl": rec[-1][f"ppl_{l}"]} for l in self.lang_ids}
+        last = _broadcast_object(last)
+        self.last_eval = (self.step, last) if last else None
+        barrier()
+
+        self.batches = TrainBatches(prep.train_streams, self.schedule, tc.seq_len, self.micro, self.accum,
+                                    world_size, rank, self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL,
+                                    tc.seed, start_step=self.step, names=self.lang_ids)
+        self.valid = {lang: eval_batches(s, i, tc.seq_len, tc.eval_sequences, tc.eval_batch_size, rank, world_size,
+                                         self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL, tc.seed)
+                      for i, (lang, s) in enumerate(zip(self.lang_ids, prep.valid_streams))}
+        self._log_summary(model, resume)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _setup_logging(self) -> None:
+        log.handlers.clear()
+        log.propagate = False
+        log.setLevel(logging.INFO if self.rank == 0 else logging.WARNING)
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        console = _TqdmHandler()
+        console.setFormatter(fmt)
+        log.addHandler(console)
+        if self.rank == 0:
+            fh = logging.FileHandler(self.paths.log, encoding="utf-8")
+            fh.setFormatter(fmt)
+            log.addHandler(fh)
+
+    def _write_run_files(self, resume: bool) -> None:
+        if not resume:
+            atomic_write_text(self.paths.config, dump_yaml(self.cfg))
+            atomic_write_json(self.paths.ds_config, self.prep.ds_cfg)
+        meta = {}
+        if os.path.isfile(self.paths.meta):
+            with open(self.paths.meta, encoding="utf-8") as f:
+                meta = json.load(f)
+        meta.setdefault("name", self.cfg.name)
+        meta.setdefault("data_fingerprint", self.prep.manifest["fingerprint"])
+        meta.setdefault("vocab_sha256", self.prep.vocab.sha256)
+        meta["lang_ids"] = self.lang_ids
+        meta["lang_probs"] = dict(zip(self.lang_ids, map(float, self.lang_probs)))
+        meta.setdefault("sessions", []).append({
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "argv": sys.argv, "resumed_from_step": self.step if resume else None, "world_size": self.world,
+            "device": str(self.device), "host": platform.node(), "python": platform.python_version(),
+            "torch": torch.__version__, "deepspeed": _ds_version(), "negint_ds": __version__,
+        })
+        atomic_write_json(self.paths.meta, meta)
+
+    def _log_summary(self, model: MaskedLM, resume: bool) -> None:
+        tc, mc = self.cfg.train, self.cfg.model
+        n = count_parameters(model)
+        log.info("run %s: %s in %s", self.cfg.name, "resuming at step %d" % self.step if resume else "new run",
+                 self.paths.root)
+        log.info("model: %d layers, d=%d, %d heads, FFN %d, vocab %d, %.2fM parameters, %.1f MFLOP/token",
+                 mc.layers, mc.dim, mc.heads, mc.ffn_dim, self.prep.vocab.size, n / 1e6,
+                 flops_per_token(mc, tc.seq_len, self.prep.vocab.size, self.cfg.mlm.mask_prob) / 1e6)
+        log.info("languages (P_i at T=%.2f): %s", tc.lang_temperature,
+                 ", ".join(f"{l}={p:.3f}" for l, p in zip(self.lang_ids, self.lang_probs)))
+        log.info("DeepSpeed: ZeRO-%d, %s, %d process(es) on %s, micro-batch %d x accumulation %d x world %d = %d "
+                 "sequences of %d tokens per step", zero_stage(self.prep.ds_cfg), precision(self.prep.ds_cfg),
+                 self.world, self.device, self.micro, self.accum, self.world, self.micro * self.accum * self.world,
+                 tc.seq_len)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, step: int) -> tuple[int, torch.Tensor, list[MLMBatch]]:
+        """One optimiser step on the language the schedule draws for ``step``.
+
+        Returns:
+            (language index, this rank's mean micro-batch loss as a 0-d device tensor, the micro-batches).
+        """
+        lang, batches = self.prefetcher.get(step)
+        torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, self.rank))
+        total = torch.zeros((), device=self.device)
+        for mb in batches:
+            mb = mb.to(self.device)
+            loss = self.engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        return lang, total / len(batches), batches
+
+    def run_eval(self) -> dict:
+        """Validation perplexity for every language at the current step; logged and returned."""
+        res = evaluate(self.engine, self.valid)
+        rec = {"kind": "valid", "step": self.step}
+        for lang, r in res.items():
+            rec[f"ppl_{lang}"], rec[f"loss_{lang}"] = r["ppl"], r["loss"]
+        self.metrics.write(rec)
+        self.last_eval = (self.step, res)
+        log.info("step %d valid ppl: %s", self.step, "  ".join(f"{l} {r['ppl']:.2f}" for l, r in res.items()))
+        if self.first_eval is None:
+            self.first_eval = res
+        for cb in self.callbacks:
+            cb.on_eval(self, self.step, res)
+        return res
+
+    def save(self) -> None:
+        """DeepSpeed checkpoint of the current step, then (rank 0) mark it complete in latest.json."""
+        tag = f"step_{self.step:08d}"
+        client = {"step": self.step, "vocab_sha256": self.prep.vocab.sha256,
+                  "data_fingerprint": self.prep.manifest["fingerprint"], "lang_ids": self.lang_ids,
+                  "first_eval": self.first_eval, "negint_ds_version": __version__}
+        self.engine.save_checkpoint(self.paths.checkpoints, tag=tag, client_state=client, save_latest=False)
+        barrier()
+        if self.rank == 0:
+            removed = self.paths.commit_checkpoint(tag, self.step, self.cfg.train.keep_checkpoints)
+            log.info("checkpoint %s saved%s", tag, f" (removed {', '.join(removed)})" if removed else "")
+        barrier()
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
+        if dist.is_initialized() and self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def train(self) -> dict | None:
+        """Train to ``train.max_steps`` (or until SIGINT/SIGTERM, then checkpoint and stop).
+
+        Returns:
+            The final per-language validation results, or None if stopped early.
+        """
+        tc = self.cfg.train
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._on_signal)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        if self.step == 0:
+            self.run_eval()
+        self.prefetcher = Prefetcher(self.batches, self.step, tc.max_steps, pin=self.device.type == "cuda")
+        tokens_per_step = self.micro * self.accum * self.world * tc.seq_len
+        n_langs = len(self.lang_ids)
+        win_loss = torch.zeros(n_langs, device=self.device)
+        win_count = torch.zeros(n_langs, device=self.device)
+        win_steps, win_time = 0, 0.0  # throughput excludes evaluation and checkpoint time
+        start_time = time.time()
+        pbar = tqdm(total=tc.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                    disable=self.rank != 0 or not self.progress or not sys.stderr.isatty(), desc=self.cfg.name)
+        stopped = False
+        t0 = time.perf_counter()
+        while self.step < tc.max_steps:
+            lang, loss, batches = self.train_step(self.step)
+            self.step += 1
+            win_loss[lang] += loss
+            win_count[lang] += 1
+            win_steps += 1
+            pbar.update(1)
+            for cb in self.callbacks:
+                cb.on_step_end(self, self.step, lang, batches)
+            last = self.step == tc.max_steps
+            if self.step % tc.log_every == 0 or last:
+                stats = torch.cat([win_loss, win_count])
+                if dist.is_initialized() and self.world > 1:
+                    dist.all_reduce(stats)
+                sums, cnts = stats[:n_langs].tolist(), stats[n_langs:].tolist()  # synchronises the device
+                win_time += time.perf_counter() - t0
+                rec = {"kind": "train", "step": self.step, "loss": sum(sums) / max(sum(cnts), 1.0),
+                       **{f"loss_{l}": s / c for l, s, c in zip(self.lang_ids, sums, cnts) if c},
+                       "lr": float(self.engine.get_lr()[0]), "grad_norm": _grad_norm(self.engine),
+                       "tokens_per_s": win_steps * tokens_per_step / max(win_time, 1e-9),
+                       "elapsed_s": time.time() - start_time}
+                self.metrics.write(rec)
+                pbar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", lr=f"{rec['lr']:.2e}")
+                log.info("step %d/%d loss %.4f lr %.3g %s tokens/s", self.step, tc.max_steps, rec["loss"],
+                         rec["lr"], f"{rec['tokens_per_s']:,.0f}")
+                win_loss.zero_()
+                win_count.zero_()
+                win_steps, win_time = 0, 0.0
+                stopped = self._stop_requested()
+                t0 = time.perf_counter()
+            do_eval = self.step % tc.eval_every == 0 or last
+            do_save = self.step % tc.save_every == 0 or last or stopped
+            if do_eval or do_save:
+                win_time += time.perf_counter() - t0
+                if do_eval:
+                    self.run_eval()
+                if do_save:
+                    self.save()
+                t0 = time.perf_counter()
+            if stopped:
+                log.warning("stopped by signal at step %d; continue with --resume", self.step)
+                break
+        pbar.close()
+        self.prefetcher.close()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        if stopped:
+            return None
+        return self.finish()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        log.warning("received signal %d: finishing the logging window, then checkpointing", signum)
+
+    def finish(self) -> dict:
+        """Final evaluation table, curves and the exported model (rank 0 writes)."""
+        if self.last_eval is None or self.last_eval[0] != self.step:
+            self.run_eval()
+        final = self.last_eval[1]
+        self.export()
+        if self.rank == 0:
+            table = write_final(self.paths, final, self.step, self.first_eval)
+            plot_curves(self.metrics.records("valid"), self.lang_ids, self.paths.curves, self.cfg.name)
+            log.info("\n%s", table)
+            log.info("run directory: %s (metrics.jsonl, ppl_curves.png, export/, checkpoints/)", self.paths.root)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return final
+
+    def export(self) -> None:
+        """Write ``export/model.safetensors`` (fp32), ``model.json`` and ``spm.model`` for fine-tuning."""
+        import shutil
+
+        from safetensors.torch import save_model
+
+        module = self.engine.module
+        params = list(module.parameters())
+        if zero_stage(self.prep.ds_cfg) == 3:
+            import deepspeed
+
+            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        else:
+            import contextlib
+
+            ctx = contextlib.nullcontext()
+        with ctx:
+            if self.rank == 0:
+                os.makedirs(self.paths.export, exist_ok=True)
+                cpu = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID)
+                cpu.load_state_dict({k: v.detach().float().cpu() for k, v in module.state_dict().items()})
+                tmp = os.path.join(self.paths.export, ".model.safetensors.tmp")
+                save_model(cpu, tmp)
+                os.replace(tmp, os.path.join(self.paths.export, "model.safetensors"))
+        if self.rank == 0:
+            shutil.copyfile(self.prep.vocab.path, os.path.join(self.paths.export, "spm.model"))
+            atomic_write_json(os.path.join(self.paths.export, "model.json"), {
+                "model": to_mapping(self.cfg.model), "vocab_size": self.prep.vocab.size,
+                "lang_ids": self.lang_ids, "pad_id": PAD_ID, "mask_id": self.prep.vocab.mask_id,
+                "vocab_sha256": self.prep.vocab.sha256, "step": self.step, "trained_precision":
+                precision(self.prep.ds_cfg), "data_fingerprint": self.prep.manifest["fingerprint"]})
+        barrier()
+
+
+def _grad_norm(engine) -> float | None:
+    g = engine.get_global_grad_norm()
+    if g is None:
+        return None
+    g = float(g)
+    return None if np.isnan(g) else g
+
+
+def _broadcast_object(obj):
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def _ds_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines that do not break a running progress bar."""
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)

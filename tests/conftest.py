@@ -1,0 +1,106 @@
+"""Shared fixtures: a small synthetic two-language corpus, its prepared data, and a launcher helper."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(REPO, "launchers", "pretrain.py")
+
+
+def synthetic_lines(seed: int, syllables: list[str], n_lines: int, n_words: int = 300) -> list[str]:
+    """Zipf-distributed pseudo-words built from a language-specific syllable set (learnable by an MLM)."""
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(n_words)]
+    p = 1.0 / np.arange(1, n_words + 1)
+    p /= p.sum()
+    lines = []
+    for _ in range(n_lines):
+        k = int(rng.integers(4, 16))
+        lines.append(" ".join(words[i] for i in rng.choice(n_words, size=k, p=p)).capitalize() + ".")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("corpus")
+    langs = {"en": ["ka", "to", "ri", "ne", "so", "lu", "mi"], "sw": ["mba", "ngu", "wa", "zi", "cha", "li", "ki"]}
+    for i, (lang, syl) in enumerate(langs.items()):
+        (d / f"{lang}.txt").write_text("\n".join(synthetic_lines(i, syl, 1500)) + "\n", encoding="utf-8")
+    return str(d)
+
+
+def recipe(corpus_dir: str, data_dir: str, **sections) -> dict:
+    """A tiny recipe mapping over the synthetic corpus; ``sections`` update the top-level sections."""
+    r = {
+        "name": "tiny",
+        "data": {"dir": data_dir,
+                 "languages": {"en": {"source": "text", "path": os.path.join(corpus_dir, "en.txt")},
+                               "sw": {"source": "text", "path": os.path.join(corpus_dir, "sw.txt")}},
+                 "split": {"valid_fraction": 0.05, "test_fraction": 0.05},
+                 "vocab": {"size": 300, "sample_sentences": 10000}},
+        "model": {"layers": 2, "dim": 32, "heads": 2, "ffn_dim": 64, "max_positions": 32},
+        "train": {"max_steps": 20, "seq_len": 32, "warmup_steps": 5, "log_every": 1, "eval_every": 5,
+                  "save_every": 10, "eval_sequences": 16, "eval_batch_size": 8},
+    }
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(r.get(k), dict):
+            r[k].update(v)
+        else:
+            r[k] = v
+    return r
+
+
+def write_recipe(path: str, mapping: dict) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(mapping, f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(corpus_dir, tmp_path_factory) -> dict:
+    """Prepared data for the tiny recipe: {'recipe': path, 'data_dir': path, 'manifest': dict}."""
+    from negint_ds.config import load_experiment
+    from negint_ds.data.prepare import prepare_data
+
+    d = tmp_path_factory.mktemp("tiny_data")
+    rpath = write_recipe(str(d / "tiny.yaml"), recipe(corpus_dir, str(d / "data")))
+    cfg = load_experiment(rpath)
+    manifest = prepare_data(cfg.data, progress=False)
+    return {"recipe": rpath, "data_dir": cfg.data.dir, "manifest": manifest, "dir": str(d)}
+
+
+def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, lr: float = 1e-3, **extra) -> str:
+    cfg = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
+           "optimizer": {"type": "AdamW", "params": {"lr": lr, "eps": 1e-6, "weight_decay": 0.01,
+                                                     "torch_adam": True}},
+           "gradient_clipping": 5.0, "zero_optimization": {"stage": stage}}
+    cfg.update(extra)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def run_launcher(args: list[str], prefix: list[str] | None = None, timeout: int = 600,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run launchers/pretrain.py (under ``prefix``, e.g. ``["deepspeed", "--num_gpus", "2"]``, else plain python)."""
+    cmd = (prefix or [sys.executable]) + [LAUNCHER, "--no_progress"] + args
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=e)
+
+
+def read_metrics(run_dir: str, kind: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def load_export(run_dir: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(run_dir, "export", "model.safetensors"))

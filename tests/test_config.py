@@ -1,0 +1,103 @@
+"""Config loading: unknown keys and type errors are all reported at once, with file and field names."""
+import glob
+import os
+
+import pytest
+
+from negint_ds.config import (ConfigError, ExperimentConfig, apply_overrides, check_ds_config, from_mapping,
+                              load_experiment, resolve_batch)
+
+RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "negint_ds", "recipes", "*.yaml")))
+
+
+def base():
+    return {"name": "x", "data": {"dir": "d", "languages": {"en": {"source": "bible"}, "sw": {"source": "bible"}}}}
+
+
+def test_every_problem_is_reported_in_one_error():
+    bad = base()
+    bad["data"]["languages"]["xx"] = {"source": "bible"}
+    bad["model"] = {"dimm": 3, "heads": 7}
+    bad["train"] = {"max_steps": "many"}
+    with pytest.raises(ConfigError) as e:
+        from_mapping(ExperimentConfig, bad, source="r.yaml", root="config")
+    msg = str(e.value)
+    assert "r.yaml" in msg
+    assert len(e.value.problems) == 4
+    assert "config.model.dimm: unknown key (did you mean 'dim'?)" in msg
+    assert "config.data.languages.xx: unknown language code 'xx'" in msg
+    assert "config.model.heads: 7 heads do not divide dim=512" in msg
+    assert "config.train.max_steps: expected an integer, got 'many'" in msg
+
+
+def test_language_not_in_builtin_corpus_names_available_ones():
+    bad = base()
+    bad["data"]["languages"]["te"] = {"source": "bible"}
+    with pytest.raises(ConfigError, match=r"bible corpus has no 'te'; available: \[.*'sw'"):
+        from_mapping(ExperimentConfig, bad)
+
+
+def test_language_id_suffix_and_defaults():
+    ok = base()
+    ok["data"]["languages"]["fr_l"] = {"source": "bible", "max_train_sentences": 100}
+    cfg = from_mapping(ExperimentConfig, ok)
+    assert cfg.data.lang_code("fr_l") == "fr"
+    assert cfg.lang_ids == ["en", "sw", "fr_l"]
+    assert cfg.model.heads == 8 and cfg.model.dim == 512 and cfg.model.layers == 8 and cfg.model.ffn_dim == 2048
+    assert cfg.mlm.mask_prob == 0.15 and (cfg.mlm.mask_frac, cfg.mlm.random_frac, cfg.mlm.keep_frac) == (0.8, 0.1, 0.1)
+
+
+def test_overrides_are_parsed_as_yaml_and_unknown_ones_rejected():
+    d = apply_overrides(base(), ["train.max_steps=7", "model.dropout=0.0", "data.vocab.size=1000"])
+    cfg = from_mapping(ExperimentConfig, d)
+    assert cfg.train.max_steps == 7 and cfg.model.dropout == 0.0 and cfg.data.vocab.size == 1000
+    with pytest.raises(ConfigError, match="train.max_stepz: unknown key"):
+        from_mapping(ExperimentConfig, apply_overrides(base(), ["train.max_stepz=7"]))
+    with pytest.raises(ConfigError, match="must look like key.sub=value"):
+        apply_overrides(base(), ["train.max_steps"])
+
+
+def test_seq_len_longer_than_positions_is_refused():
+    d = apply_overrides(base(), ["train.seq_len=600"])
+    with pytest.raises(ConfigError, match="seq_len: 600 exceeds model.max_positions=512"):
+        from_mapping(ExperimentConfig, d)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
+def test_shipped_recipes_load(path):
+    cfg = load_experiment(path)
+    assert cfg.lang_ids and cfg.name
+
+
+def test_unknown_recipe_name_lists_builtins():
+    with pytest.raises(ConfigError, match="jointpair_en_sw_demo"):
+        load_experiment("no_such_recipe")
+
+
+@pytest.mark.parametrize("cfg,world,expect", [
+    ({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, 2, (16, 4, 2)),
+    ({"train_batch_size": 16, "gradient_accumulation_steps": 2}, 2, (16, 4, 2)),
+    ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4}, 2, (16, 4, 2)),
+    ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, 2, (16, 4, 2)),
+])
+def test_batch_triple_is_completed(cfg, world, expect):
+    tbs, mbs, gas, problems = resolve_batch(cfg, world)
+    assert not problems and (tbs, mbs, gas) == expect
+
+
+def test_batch_mismatch_and_gpu_precision_are_refused_together():
+    cfg = {"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+           "bf16": {"enabled": True}, "optimizer": {"type": "AdamW"}}
+    with pytest.raises(ConfigError) as e:
+        check_ds_config(cfg, world_size=2, has_gpu=False, source="ds.json")
+    msg = str(e.value)
+    assert "ds.json" in msg
+    assert "train_batch_size=32 does not equal train_micro_batch_size_per_gpu=4 x gradient_accumulation_steps=2 x " \
+           "world size 2 (= 16)" in msg
+    assert "bf16.enabled: mixed precision needs a GPU" in msg
+
+
+def test_ds_config_needs_optimizer_and_valid_stage():
+    with pytest.raises(ConfigError) as e:
+        check_ds_config({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 4}}, 1, False)
+    assert len(e.value.problems) == 2

@@ -1,0 +1,67 @@
+"""Two CPU processes on gloo (deepspeed launcher and mpirun) reproduce one process with the same global batch."""
+import os
+import shutil
+import socket
+import sys
+
+import pytest
+
+from conftest import load_export, read_metrics, run_launcher, write_ds_config
+
+pytestmark = pytest.mark.slow
+BIN = os.path.dirname(sys.executable)
+# Two ranks average their gradients with one all-reduce; one process accumulates the same two
+# micro-batches in another order. In fp32 that changes rounding only (~1e-7 relative per step), so
+# after 8 Adam steps losses agree to 1e-5 relative and weights to 1e-5 absolute (seen: ~3e-8).
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
+
+
+def _tool(name):
+    path = os.path.join(BIN, name)
+    return path if os.path.isfile(path) else shutil.which(name)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    ds = write_ds_config(str(d / "acc2.json"), stage=2, micro=4, accum=2)
+    run = str(d / "one")
+    p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
+                      "--set", "train.max_steps=8", "--set", "train.eval_every=4",
+                      "--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run, str(d)
+
+
+def _compare(run, ref):
+    a, b = read_metrics(ref, "train"), read_metrics(run, "train")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=LOSS_RTOL)
+    va, vb = read_metrics(ref, "valid"), read_metrics(run, "valid")
+    assert [r["ppl_sw"] for r in vb] == pytest.approx([r["ppl_sw"] for r in va], rel=LOSS_RTOL)
+    wa, wb = load_export(ref), load_export(run)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "mpiexec"])
+def test_two_process_zero2_matches_one_process(tiny_data, reference, launcher):
+    ref, d = reference
+    exe = _tool(launcher)
+    if exe is None:
+        pytest.fail(f"{launcher} not found next to {sys.executable} or on PATH (pip install deepspeed mpich mpi4py)")
+    ds = write_ds_config(os.path.join(d, "world2.json"), stage=2, micro=4, accum=1)
+    run = os.path.join(d, launcher)
+    prefix = ([exe, "--num_gpus", "2", "--master_port", str(_free_port())] if launcher == "deepspeed"
+              else [exe, "-n", "2", sys.executable])
+    p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
+                      "--set", "train.max_steps=8", "--set", "train.eval_every=4",
+                      "--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"], prefix=prefix)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert "2 process(es)" in p.stdout + p.stderr
+    _compare(run, ref)
