@@ -1,17 +1,26 @@
-"""XLM-style Transformer encoder and masked-LM head (Lample & Conneau 2019; Wang et al. 2020 §3).
+"""XLM-style Transformer encoder and masked-LM head (Lample & Conneau 2019; Wang et al. 2020 §3–4).
 
 Embeddings: token + learned position + language, then LayerNorm and dropout (XLM's ``TransformerModel``).
 Layers are post-LN as in XLM: ``x = LN(x + Attn(x)); x = LN(x + FFN(x))``. The MLM head is the tied
 token embedding plus a bias, applied only at predicted positions (no ``(B, L, V)`` logits).
 
-Shapes: B batch, L sequence length, d model dim, H heads, V vocabulary, P predicted positions.
-Every forward takes ``lang_ids`` (B,), each row's language: the language embedding uses it now, and
-language-specific components (per-language LayerNorm/FFN/attention/adapters) will route on it.
-Parallelism (DeepSpeed ZeRO, data parallelism) is applied outside this file.
+Language-specific capacity (paper §4, Table 2 rows +ffn, +attn, +adpt, +share adpt, +meta adpt):
+any of LayerNorm, FFN and attention can exist once per language (:class:`PerLanguage`), and residual
+bottleneck adapters (Appendix B) can follow the attention and/or the FFN sublayer, one per language
+or one shared by all. Parameters under a :class:`PerLanguage` module are the language-specific φ_i
+(named ``...per_lang.<i>...``); all others are the shared θ (see :mod:`negint_ds.params`).
+
+Routing: every forward takes ``lang_ids`` (B,), each row's language, and optionally ``lang``, a Python
+int meaning "every row is language ``lang``" (the paper trains one language per step). With ``lang``
+the language's modules run on the whole batch; without it rows are gathered per language.
+
+Shapes: B batch, L sequence length, d model dim, H heads, V vocabulary, P predicted positions, b
+adapter bottleneck. Parallelism (DeepSpeed ZeRO, data parallelism) is applied outside this file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,34 +58,109 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN d → ffn_dim → d with GELU (or ReLU) and XLM's dropout after the activation."""
+    """Position-wise FFN d → ffn_dim → d with GELU (or ReLU); XLM applies dropout to its output (in the layer)."""
 
-    def __init__(self, dim: int, ffn_dim: int, activation: str, dropout: float):
+    def __init__(self, dim: int, ffn_dim: int, activation: str):
         super().__init__()
         self.lin1, self.lin2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.drop(self.act(self.lin1(x))))  # (B, L, d)
+        return self.lin2(self.act(self.lin1(x)))  # (B, L, d)
+
+
+class BottleneckAdapter(nn.Module):
+    """Residual bottleneck adapter (paper Appendix B): o = z + dropout(W_up g(W_down z + b_down) + b_up).
+
+    Placed on a sublayer's output before the residual connection, as in the paper's code. Shapes:
+    W_down (b, d), W_up (d, b); b = d/4 by default. Initialised like every other linear layer
+    (PyTorch default), as in the official implementation.
+    """
+
+    def __init__(self, dim: int, bottleneck: int, activation: str, dropout: float):
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, bottleneck), nn.Linear(bottleneck, dim)
+        self.activation = activation
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.down(z)  # (..., b)
+        h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
+        return z + self.drop(self.up(h))  # (..., d)
+
+
+class PerLanguage(nn.Module):
+    """One copy of a module per language: the language-specific parameters φ_i live in ``per_lang[i]``.
+
+    ``forward(x, lang_ids, lang, *row_args)`` runs copy ``lang`` on all rows when ``lang`` is given,
+    else gathers the rows of each language (``row_args``, e.g. a padding mask, are gathered alike) and
+    scatters the outputs back. Every wrapped module maps (B, ...) to the same shape.
+    """
+
+    def __init__(self, make: Callable[[], nn.Module], n_langs: int):
+        super().__init__()
+        self.per_lang = nn.ModuleList(make() for _ in range(n_langs))
+
+    def forward(self, x: torch.Tensor, lang_ids: torch.Tensor, lang: int | None, *row_args) -> torch.Tensor:
+        if lang is not None:
+            return self.per_lang[lang](x, *row_args)
+        out = torch.zeros_like(x)
+        for i, module in enumerate(self.per_lang):
+            rows = (lang_ids == i).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                args = [a.index_select(0, rows) if a is not None else None for a in row_args]
+                out = out.index_copy(0, rows, module(x.index_select(0, rows), *args))
+        return out
+
+
+def _route(module: nn.Module, x: torch.Tensor, lang_ids: torch.Tensor, lang: int | None, *row_args) -> torch.Tensor:
+    if isinstance(module, PerLanguage):
+        return module(x, lang_ids, lang, *row_args)
+    return module(x, *row_args)
+
+
+def _maybe_per_language(specific: bool, make: Callable[[], nn.Module], n_langs: int) -> nn.Module:
+    return PerLanguage(make, n_langs) if specific else make()
 
 
 class TransformerLayer(nn.Module):
-    """One post-LN encoder layer. ``lang_ids`` is accepted so language-specific variants share the signature."""
+    """One post-LN encoder layer with optional language-specific sublayers and adapters.
 
-    def __init__(self, cfg: ModelConfig):
+    ``x = LN1(x + Adapter_attn(drop(Attn(x)))); x = LN2(x + Adapter_ffn(drop(FFN(x))))``; each of LN1/LN2,
+    Attn, FFN may be per-language, and each adapter absent, shared or per-language.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_langs: int):
         super().__init__()
-        self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.attention_dropout)
-        self.ln_attn = nn.LayerNorm(cfg.dim, eps=1e-12)
-        self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.activation, cfg.dropout)
-        self.ln_ffn = nn.LayerNorm(cfg.dim, eps=1e-12)
+        spec, ad = set(cfg.language_specific), cfg.adapters
+        d = cfg.dim
+        self.attn = _maybe_per_language("attn" in spec, lambda: SelfAttention(d, cfg.heads, cfg.attention_dropout),
+                                        n_langs)
+        self.ln_attn = _maybe_per_language("ln" in spec, lambda: nn.LayerNorm(d, eps=1e-12), n_langs)
+        self.ffn = _maybe_per_language("ffn" in spec, lambda: FeedForward(d, cfg.ffn_dim, cfg.activation), n_langs)
+        self.ln_ffn = _maybe_per_language("ln" in spec, lambda: nn.LayerNorm(d, eps=1e-12), n_langs)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, lang_ids: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, d); lang_ids: (B,) int64. Returns (B, L, d)."""
-        x = self.ln_attn(x + self.drop(self.attn(x, key_padding_mask)))
-        return self.ln_ffn(x + self.drop(self.ffn(x)))
+        def adapter(where: str) -> nn.Module | None:
+            if ad.kind == "none" or where not in ad.placement:
+                return None
+            drop = cfg.dropout if ad.dropout is None else ad.dropout
+            make = lambda: BottleneckAdapter(d, ad.bottleneck or d // 4, ad.activation, drop)  # noqa: E731
+            return _maybe_per_language(ad.kind == "language", make, n_langs)
+
+        self.adapter_attn, self.adapter_ffn = adapter("attn"), adapter("ffn")
+
+    def forward(self, x: torch.Tensor, lang_ids: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                lang: int | None = None) -> torch.Tensor:
+        """x: (B, L, d); lang_ids: (B,) int64; lang: all rows' language or None. Returns (B, L, d)."""
+        a = self.drop(_route(self.attn, x, lang_ids, lang, key_padding_mask))
+        if self.adapter_attn is not None:
+            a = _route(self.adapter_attn, a, lang_ids, lang)
+        x = _route(self.ln_attn, x + a, lang_ids, lang)
+        f = self.drop(_route(self.ffn, x, lang_ids, lang))
+        if self.adapter_ffn is not None:
+            f = _route(self.adapter_ffn, f, lang_ids, lang)
+        return _route(self.ln_ffn, x + f, lang_ids, lang)
 
 
 class XLMEncoder(nn.Module):
@@ -95,16 +179,17 @@ class XLMEncoder(nn.Module):
         self.lang_emb = nn.Embedding(dims.n_langs, cfg.dim) if cfg.lang_embeddings and dims.n_langs > 1 else None
         self.ln_emb = nn.LayerNorm(cfg.dim, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(TransformerLayer(cfg, dims.n_langs) for _ in range(cfg.layers))
         for emb in (self.tok_emb, self.pos_emb, self.lang_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, mean=0.0, std=cfg.dim ** -0.5)
         with torch.no_grad():
             self.tok_emb.weight[dims.pad_id].zero_()
 
-    def forward(self, input_ids: torch.Tensor, lang_ids: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids: (B, L) int64; lang_ids: (B,) int64; key_padding_mask: (B, L) bool or None.
+    def forward(self, input_ids: torch.Tensor, lang_ids: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                lang: int | None = None) -> torch.Tensor:
+        """input_ids: (B, L) int64; lang_ids: (B,) int64; key_padding_mask: (B, L) bool or None; lang: the
+        language of every row (a Python int) or None to route rows by ``lang_ids``.
 
         Returns:
             (B, L, d) hidden states in the parameters' dtype.
@@ -123,7 +208,7 @@ class XLMEncoder(nn.Module):
         if key_padding_mask is not None:
             h = h.masked_fill(key_padding_mask[..., None], 0.0)
         for layer in self.layers:
-            h = layer(h, lang_ids, key_padding_mask)
+            h = layer(h, lang_ids, key_padding_mask, lang)
         return h
 
 
@@ -152,7 +237,8 @@ class MaskedLM(nn.Module):
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
     def forward(self, input_ids: torch.Tensor, lang_ids: torch.Tensor, pred_positions: torch.Tensor,
-                targets: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                lang: int | None = None) -> torch.Tensor:
         """Mean MLM cross-entropy (nats) over predicted positions.
 
         Args:
@@ -161,11 +247,12 @@ class MaskedLM(nn.Module):
             pred_positions: (P,) int64 flat indices into B·L of the predicted tokens.
             targets: (P,) int64 original token ids at those positions.
             key_padding_mask: (B, L) bool, True at padding, or None.
+            lang: the language of every row (Python int), or None to route rows by ``lang_ids``.
 
         Returns:
             Scalar loss (fp32, or fp64 for a float64 model). Perplexity is ``exp(loss)``.
         """
-        hidden = self.encoder(input_ids, lang_ids, key_padding_mask)
+        hidden = self.encoder(input_ids, lang_ids, key_padding_mask, lang)
         return F.cross_entropy(self.logits_at(hidden, pred_positions), targets)
 
 
@@ -188,13 +275,17 @@ def count_parameters(model: nn.Module) -> int:
 def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int, mask_prob: float) -> float:
     """Approximate training FLOPs per input token (forward + backward = 3 × forward, matmuls only).
 
-    Per layer: 2·(4d² + 2d·ffn) for the projections and 2·2·L·d for attention scores and values; the
-    MLM head adds 2·d·V for each predicted token (a fraction ``mask_prob`` of tokens).
+    Per layer: 2·(4d² + 2d·ffn) for the projections, 2·2·L·d for attention scores and values, and
+    2·2·d·b per adapter; the MLM head adds 2·d·V for each predicted token (a fraction ``mask_prob``).
+    Language-specific copies do not add FLOPs: each token runs one copy.
     """
     d = cfg.dim
-    per_layer = 2 * (4 * d * d + 2 * d * cfg.ffn_dim) + 4 * seq_len * d
+    ad = cfg.adapters
+    n_adapters = 0 if ad.kind == "none" else len(set(ad.placement))
+    per_layer = 2 * (4 * d * d + 2 * d * cfg.ffn_dim) + 4 * seq_len * d + n_adapters * 4 * d * (ad.bottleneck or d // 4)
     return 3.0 * (cfg.layers * per_layer + mask_prob * 2 * d * vocab_size)
 
 
-__all__ = ["FeedForward", "MaskedLM", "ModelDims", "SelfAttention", "TransformerLayer", "XLMEncoder",
+__all__ = ["BottleneckAdapter", "FeedForward", "MaskedLM", "ModelDims", "PerLanguage", "SelfAttention",
+           "TransformerLayer", "XLMEncoder",
            "build_model", "count_parameters", "flops_per_token"]

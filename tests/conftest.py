@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -87,12 +88,26 @@ def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, l
     return path
 
 
+def free_port() -> int:
+    """A TCP port free right now on every interface (the rendezvous server binds them all)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def run_launcher(args: list[str], prefix: list[str] | None = None, timeout: int = 600,
                  env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run launchers/pretrain.py (under ``prefix``, e.g. ``["deepspeed", "--num_gpus", "2"]``, else plain python)."""
-    cmd = (prefix or [sys.executable]) + [LAUNCHER, "--no_progress"] + args
-    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=e)
+    """Run launchers/pretrain.py under ``prefix`` (e.g. ``["deepspeed", "--num_gpus", "2", "--master_port",
+    "{port}"]``; ``{port}`` becomes this launch's rendezvous port), else plain python."""
+    for attempt in range(3):
+        port = str(free_port())
+        cmd = [port if a == "{port}" else a for a in (prefix or [sys.executable])] + [LAUNCHER, "--no_progress"] + args
+        e = dict(os.environ, PYTHONUNBUFFERED="1", MASTER_PORT=port, **(env or {}))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=e)
+        # Another process can take the free port between our probe and the rendezvous bind: only then, retry.
+        if p.returncode == 0 or "EADDRINUSE" not in p.stderr + p.stdout:
+            return p
+    return p
 
 
 def read_metrics(run_dir: str, kind: str) -> list[dict]:

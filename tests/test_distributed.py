@@ -1,7 +1,6 @@
 """Two CPU processes on gloo (deepspeed launcher and mpirun) reproduce one process with the same global batch."""
 import os
 import shutil
-import socket
 import sys
 
 import pytest
@@ -21,22 +20,27 @@ def _tool(name):
     return path if os.path.isfile(path) else shutil.which(name)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+MODES = {"plain": [], "meta": ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true",
+                                "--set", "meta.val_batch_size=8", "--set", "meta.val_micro_batch=4"]}
+
+
+def _args(tiny_data, ds, run, mode):
+    return ["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run, "--set", "train.max_steps=8",
+            "--set", "train.eval_every=4", "--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0",
+            *MODES[mode]]
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_data, tmp_path_factory):
+def references(tiny_data, tmp_path_factory):
+    """1-process runs with 2 accumulation steps: the same global batch as 2 processes x 1 micro-batch."""
     d = tmp_path_factory.mktemp("dist")
     ds = write_ds_config(str(d / "acc2.json"), stage=2, micro=4, accum=2)
-    run = str(d / "one")
-    p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", "train.max_steps=8", "--set", "train.eval_every=4",
-                      "--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"])
-    assert p.returncode == 0, p.stderr[-3000:]
-    return run, str(d)
+    runs = {}
+    for mode in MODES:
+        runs[mode] = str(d / f"one_{mode}")
+        p = run_launcher(_args(tiny_data, ds, runs[mode], mode))
+        assert p.returncode == 0, p.stderr[-3000:]
+    return runs, str(d)
 
 
 def _compare(run, ref):
@@ -49,19 +53,21 @@ def _compare(run, ref):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
 
 
-@pytest.mark.parametrize("launcher", ["deepspeed", "mpiexec"])
-def test_two_process_zero2_matches_one_process(tiny_data, reference, launcher):
-    ref, d = reference
+@pytest.mark.parametrize("launcher,mode", [("deepspeed", "plain"), ("mpiexec", "plain"), ("deepspeed", "meta")])
+def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, mode):
+    """ZeRO-2 over gloo; for meta, θ gradients, v, the hypergradient and φ all cross the process boundary."""
+    refs, d = references
     exe = _tool(launcher)
     if exe is None:
         pytest.fail(f"{launcher} not found next to {sys.executable} or on PATH (pip install deepspeed mpich mpi4py)")
     ds = write_ds_config(os.path.join(d, "world2.json"), stage=2, micro=4, accum=1)
-    run = os.path.join(d, launcher)
-    prefix = ([exe, "--num_gpus", "2", "--master_port", str(_free_port())] if launcher == "deepspeed"
+    run = os.path.join(d, f"{launcher}_{mode}")
+    prefix = ([exe, "--num_gpus", "2", "--master_port", "{port}"] if launcher == "deepspeed"
               else [exe, "-n", "2", sys.executable])
-    p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", "train.max_steps=8", "--set", "train.eval_every=4",
-                      "--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"], prefix=prefix)
+    p = run_launcher(_args(tiny_data, ds, run, mode), prefix=prefix)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert "2 process(es)" in p.stdout + p.stderr
-    _compare(run, ref)
+    _compare(run, refs[mode])
+    if mode == "meta":
+        a, b = read_metrics(refs[mode], "train"), read_metrics(run, "train")
+        assert [r["meta_val_loss"] for r in b] == pytest.approx([r["meta_val_loss"] for r in a], rel=LOSS_RTOL)

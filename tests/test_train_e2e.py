@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import LAUNCHER, REPO, load_export, read_metrics, run_launcher, write_ds_config
+from conftest import LAUNCHER, REPO, free_port, load_export, read_metrics, run_launcher, write_ds_config
 
 NO_DROPOUT = ["--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"]
 
@@ -110,10 +110,16 @@ def test_vocabulary_swapped_under_the_data_is_refused(tiny_data, ds2, tmp_path):
     assert p.returncode == 2 and "spm.model" in p.stderr
 
 
-def test_resume_continues_exactly(tiny_data, ds2, tmp_path):
-    """N steps, stop, resume, N more == 2N uninterrupted (dropout on: it is seeded per step)."""
+META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "--set", "meta.val_batch_size=8",
+        "--set", "meta.val_micro_batch=4"]
+
+
+@pytest.mark.parametrize("extra", [[], META], ids=["plain", "meta"])
+def test_resume_continues_exactly(tiny_data, ds2, tmp_path, extra):
+    """N steps, stop, resume, N more == 2N uninterrupted (dropout on: it is seeded per step); with meta-learning
+    the φ optimiser state and the meta-validation batches must continue too."""
     common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.eval_every=6",
-              "--set", "train.save_every=6"]
+              "--set", "train.save_every=6", *extra]
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     assert run_launcher(common + ["--run_dir", full, "--set", "train.max_steps=12"]).returncode == 0
     p = run_launcher(common + ["--run_dir", part, "--set", "train.max_steps=6"])
@@ -127,6 +133,9 @@ def test_resume_continues_exactly(tiny_data, ds2, tmp_path):
     assert [r["lr"] for r in a] == [r["lr"] for r in b], "scheduler state not restored"
     wa, wb = load_export(full), load_export(part)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights after resume differ"
+    if extra:
+        assert os.path.isfile(os.path.join(part, "export", "phi.safetensors"))
+        assert [r.get("meta_val_loss") for r in a] == [r.get("meta_val_loss") for r in b]
     p = run_launcher(["--run_dir", part, "--resume", "--set", "model.dim=64"])
     assert p.returncode == 2 and "cannot change on --resume" in p.stderr
 
@@ -137,7 +146,8 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_data, ds2, tmp_path):
               "--set", "train.eval_every=1000", "--set", "train.save_every=1000"]
     run = str(tmp_path / "stopped")
     cmd = [sys.executable, LAUNCHER, "--no_progress", "--run_dir", run] + common
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, MASTER_PORT=str(free_port()))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     metrics = os.path.join(run, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -169,3 +179,17 @@ def test_zero_stages_agree(tiny_data, trained, tmp_path, stage):
     got = [r["loss"] for r in read_metrics(run, "train")]
     ref = [r["loss"] for r in read_metrics(ref_run, "train")][:5]
     assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_joint_adapters_agree_across_zero_stages(tiny_data, tmp_path):
+    """The per-language φ path (functional φ gradients beside DeepSpeed's θ step) works at ZeRO 0, 1 and 2."""
+    losses = {}
+    for stage in (0, 1, 2):
+        ds = write_ds_config(str(tmp_path / f"z{stage}.json"), stage=stage)
+        run = str(tmp_path / f"adpt{stage}")
+        p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
+                          "--set", "train.max_steps=5", "--set", "train.eval_every=5",
+                          "--set", "model.adapters.kind=language"])
+        assert p.returncode == 0, p.stderr[-3000:]
+        losses[stage] = [r["loss"] for r in read_metrics(run, "train")]
+    assert losses[0] == pytest.approx(losses[2], rel=1e-5) and losses[1] == pytest.approx(losses[2], rel=1e-5)

@@ -157,6 +157,33 @@ class DataConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Residual bottleneck adapters (paper Appendix B): after the attention and/or FFN sublayer of every layer.
+
+    ``kind``: ``none``; ``language`` (one per language: φ, the paper's +adpt and +meta adpt rows); or
+    ``shared`` (one for all languages, part of θ: the +share adpt row).
+    """
+
+    kind: Literal["none", "language", "shared"] = "none"
+    placement: list[Literal["attn", "ffn"]] = field(default_factory=lambda: ["attn", "ffn"])
+    #: Bottleneck width b (None: d/4, the paper's 128 at d=512).
+    bottleneck: Optional[int] = None
+    activation: Literal["gelu", "relu"] = "gelu"
+    #: Dropout on the adapter branch (None: model.dropout, as the official code).
+    dropout: Optional[float] = None
+
+    def validate(self) -> list[str]:
+        p = []
+        if not self.placement or len(set(self.placement)) != len(self.placement):
+            p.append(f"placement: a non-empty list of distinct 'attn'/'ffn', got {self.placement}")
+        if self.bottleneck is not None and self.bottleneck <= 0:
+            p.append(f"bottleneck: must be positive, got {self.bottleneck}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            p.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        return p
+
+
+@dataclass
 class ModelConfig:
     """XLM-style Transformer encoder (paper: 8 layers, d=512, FFN 2048, vocab 32k).
 
@@ -174,6 +201,9 @@ class ModelConfig:
     lang_embeddings: bool = True
     #: None: taken from the prepared vocabulary. If set, it must equal the vocabulary's size.
     vocab_size: Optional[int] = None
+    #: Sublayers that exist once per language (φ): any of ``ln``, ``ffn``, ``attn`` (paper: +ffn, +attn).
+    language_specific: list[Literal["ln", "ffn", "attn"]] = field(default_factory=list)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
     def validate(self) -> list[str]:
         p = []
@@ -185,7 +215,14 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 p.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if len(set(self.language_specific)) != len(self.language_specific):
+            p.append(f"language_specific: repeated entries in {self.language_specific}")
         return p
+
+    @property
+    def has_language_specific(self) -> bool:
+        """True when the model has φ parameters (per-language sublayers or language adapters)."""
+        return bool(self.language_specific) or self.adapters.kind == "language"
 
 
 @dataclass
@@ -250,6 +287,60 @@ class TrainConfig:
 
 
 @dataclass
+class MetaConfig:
+    """Meta-learned language adapters (+meta adpt; paper §4.1, Algorithm 1). φ = the language adapters.
+
+    Defaults follow the paper and, where it is silent, the official code (iedwardwangi/MetaAdapter):
+    L_val on the valid split (``meta_use_valid_set=True``), language i included in the validation sum
+    (``only_valid_other_langs=False``), validation batches of 64 sequences (``valid_max_batch_size``),
+    β = the current learning rate (``use_current_lr=True``). Where the official code departs from
+    Algorithm 1 we follow the paper: φ is updated before θ (the code updates θ first), the Hessian term
+    uses Eq. 8's finite differences by default (the code differentiates through θ' exactly:
+    ``hypergradient: exact``), and φ is trained by the meta-gradient only (the code's default optimizer
+    also applies the train-loss gradient to the adapters: ``phi_train_loss: true``).
+    """
+
+    enabled: bool = False
+    hypergradient: Literal["finite_difference", "exact"] = "finite_difference"
+    #: c in ε = c/‖v‖ (DARTS: 0.01). In bf16/fp16 a small εv can vanish in rounding: the run logs the share
+    #: of θ that the perturbation changes (``fd_changed_fraction``); raise c if it is small.
+    fd_scale: float = 0.01
+    #: β of the virtual step θ' = θ − β∇θ L_train (None: the current learning rate).
+    beta: Optional[float] = None
+    #: α, the φ learning rate (None: the current learning rate; φ uses AdamW with DeepSpeed's betas/eps/decay).
+    alpha: Optional[float] = None
+    val_source: Literal["valid", "train"] = "valid"
+    include_self: bool = True
+    #: Global sequences per language in the validation sum at each meta step.
+    val_batch_size: int = 64
+    #: Sequences per validation micro-batch (None: DeepSpeed's train_micro_batch_size_per_gpu).
+    val_micro_batch: Optional[int] = None
+    #: Use a uniform random subset of K languages in the validation sum (unbiased); None: all.
+    langs_per_step: Optional[int] = None
+    #: Meta (φ) update every k steps; θ steps every step.
+    every: int = 1
+    #: Also step φ_i with the train-loss gradient during the θ step (official code's default behaviour).
+    phi_train_loss: bool = False
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.fd_scale <= 0:
+            p.append(f"fd_scale: must be > 0, got {self.fd_scale}")
+        for name in ("beta", "alpha"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                p.append(f"{name}: must be >= 0, got {v}")
+        for name in ("val_batch_size", "every"):
+            if getattr(self, name) <= 0:
+                p.append(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in ("val_micro_batch", "langs_per_step"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                p.append(f"{name}: must be positive or null, got {v}")
+        return p
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: one recipe file."""
 
@@ -258,12 +349,24 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mlm: MLMConfig = field(default_factory=MLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     description: str = ""
+    #: A recipe (name or path) this one is merged onto; resolved by :func:`load_experiment`.
+    extends: Optional[str] = None
 
     def validate(self) -> list[str]:
+        p = []
         if self.train.seq_len > self.model.max_positions:
-            return [f"train.seq_len: {self.train.seq_len} exceeds model.max_positions={self.model.max_positions}"]
-        return []
+            p.append(f"train.seq_len: {self.train.seq_len} exceeds model.max_positions={self.model.max_positions}")
+        if self.meta.enabled:
+            if self.model.adapters.kind != "language":
+                p.append("meta.enabled: needs model.adapters.kind=language (φ = the language adapters, +meta adpt)")
+            if self.model.language_specific:
+                p.append(f"meta.enabled: model.language_specific={self.model.language_specific} is not supported with "
+                         f"meta-learning (the paper meta-learns adapters only)")
+            if not self.meta.include_self and len(self.data.languages) < 2:
+                p.append("meta.include_self: false needs at least two languages")
+        return p
 
     @property
     def lang_ids(self) -> list[str]:
@@ -296,10 +399,32 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> Ex
         ConfigError: every unknown key, type error and failed check, naming the file and field.
     """
     path = recipe_path(name_or_path)
-    data = apply_overrides(read_mapping(path), list(overrides or []))
+    data = apply_overrides(_resolve_extends(path, []), list(overrides or []))
     return from_mapping(ExperimentConfig, data, source=path, root="config")
 
 
-__all__ = ["ConfigError", "DataConfig", "ExperimentConfig", "LanguageConfig", "ModelConfig", "MLMConfig",
+def _resolve_extends(path: str, chain: list[str]) -> dict:
+    """The recipe's mapping deep-merged onto the recipe it ``extends`` (recursively); ``extends`` is consumed."""
+    if os.path.abspath(path) in chain:
+        raise ConfigError([f"extends: cycle {' -> '.join(chain + [os.path.abspath(path)])}"], source=path)
+    data = read_mapping(path)
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ConfigError([f"extends: expected a recipe name or path, got {base_name!r}"], source=path)
+    here = os.path.join(os.path.dirname(os.path.abspath(path)), base_name)
+    base_path = here if os.path.isfile(here) else recipe_path(base_name)
+    return _deep_merge(_resolve_extends(base_path, chain + [os.path.abspath(path)]), data)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+__all__ = ["AdapterConfig", "MetaConfig", "ConfigError", "DataConfig", "ExperimentConfig", "LanguageConfig", "ModelConfig", "MLMConfig",
            "TrainConfig", "VocabConfig", "SplitConfig", "CleaningConfig", "load_experiment", "recipe_path",
            "to_mapping"]

@@ -42,18 +42,24 @@ def parse_args(argv: list[str] | None = None) -> RunArgs:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check everything, train; returns a process exit code (2 = bad input, nothing written)."""
     args = parse_args(argv)
-    from .dist import configure_cpu_threads, init_distributed
+    from .dist import configure_cpu_threads, first_failing_rank, init_distributed
     from .setup import prepare_run
     from .trainer import Trainer
 
     rank, world = init_distributed()
     configure_cpu_threads(world)
+    error = None
     try:
         prep = prepare_run(args, world)
-        trainer = Trainer(prep, rank, world, args.resume, args.overwrite, args.progress)
     except USER_ERRORS as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
+        error = e
+    # Every rank checks before any rank writes; they must agree, or a slow rank would see the run
+    # directory that a fast rank has just created and refuse it.
+    first_bad = first_failing_rank(error is not None, rank, world)
+    if first_bad is not None:
+        if rank == first_bad:
+            print(f"error: {error}", file=sys.stderr)
         return 2
+    trainer = Trainer(prep, rank, world, args.resume, args.overwrite, args.progress)
     trainer.train()
     return 0

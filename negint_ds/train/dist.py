@@ -11,12 +11,15 @@ def init_distributed() -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed: NCCL on GPU, gloo on CPU; return (rank, world size).
 
     DeepSpeed discovers rank/world size from the ``deepspeed`` launcher's environment, from MPI via
-    mpi4py under ``mpirun``/``mpiexec`` (``auto_mpi_discovery``), or runs a single process.
+    mpi4py under ``mpirun``/``mpiexec`` (``auto_mpi_discovery``), or runs a single process. Under MPI
+    discovery DeepSpeed sets MASTER_PORT itself; we hand it ``$MASTER_PORT`` (default 29500) so that
+    several jobs can share a node.
     """
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True)
+    port = int(os.environ.get("MASTER_PORT", "29500"))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -41,6 +44,18 @@ def configure_cpu_threads(world_size: int) -> int:
     return n
 
 
+def first_failing_rank(failed: bool, rank: int, world_size: int) -> int | None:
+    """The lowest rank that reported ``failed`` (None if none did); a collective: every rank must call it."""
+    if world_size <= 1 or not dist.is_initialized():
+        return rank if failed else None
+    t = torch.tensor([rank if failed else world_size], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    v = int(t.item())
+    return v if v < world_size else None
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -52,3 +67,20 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int) -> None:
+    """Average tensors over all ranks in place with one collective per dtype (no-op for one process)."""
+    if world_size <= 1 or not tensors:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = _flatten_dense_tensors(group)
+        dist.all_reduce(flat)
+        flat /= world_size
+        for t, f in zip(group, _unflatten_dense_tensors(flat, group)):
+            t.copy_(f)

@@ -15,7 +15,8 @@ def evaluate(engine, batches_by_lang: dict[str, list[MLMBatch | None]]) -> dict[
 
     Args:
         engine: DeepSpeed engine (or any callable module taking ``MLMBatch`` fields and returning mean loss).
-        batches_by_lang: from :func:`~negint_ds.data.batches.eval_batches`; ``None`` entries are padding
+        batches_by_lang: from :func:`~negint_ds.data.batches.eval_batches`, in language-index order (every
+            batch holds one language, so language-specific modules run on it whole); ``None`` entries are padding
             for ranks with fewer windows: they run a forward (ZeRO-3 gathers need every rank) with weight 0.
 
     Returns:
@@ -26,13 +27,13 @@ def evaluate(engine, batches_by_lang: dict[str, list[MLMBatch | None]]) -> dict[
     device = engine.device
     out = {}
     try:
-        for lang, batches in batches_by_lang.items():
+        for index, (lang, batches) in enumerate(batches_by_lang.items()):
             total = torch.zeros((), dtype=torch.float64, device=device)
             count = 0
             real = next((b for b in batches if b is not None), None)
             for b in batches:
                 mb = (b if b is not None else real).to(device)
-                loss = engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets)
+                loss = engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets, lang=index)
                 if b is not None:
                     total += loss.double() * mb.targets.numel()
                     count += mb.targets.numel()

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from ..config import (ConfigError, ExperimentConfig, apply_overrides, check_ds_config, from_mapping, load_experiment,
-                      read_ds_config, read_mapping, to_mapping)
+                      read_ds_config, read_mapping, to_mapping, zero_stage)
+from ..data.batches import DataError
 from ..data.binarized import BinarizedError, TokenStream, open_binarized
 from ..data.prepare import check_prepared
 from ..data.vocab import Vocabulary, VocabularyError
@@ -114,6 +115,11 @@ def prepare_run(args: RunArgs, world_size: int) -> Prepared:
     paths = RunDir(args.run_dir)
     paths.check(args.resume, args.overwrite)
     cfg, ds_cfg = resolve_configs(args, world_size, paths)
+    if cfg.model.has_language_specific and zero_stage(ds_cfg) == 3:
+        raise ConfigError(["zero_optimization.stage: ZeRO-3 partitions every module parameter, but the language-"
+                           "specific parameters φ (model.language_specific / language adapters) are optimised "
+                           "outside DeepSpeed on whole tensors; use ZeRO stage 0, 1 or 2"],
+                          source=args.deepspeed_config or paths.ds_config)
     manifest = check_prepared(cfg.data)
     vocab = Vocabulary(os.path.join(cfg.data.dir, manifest["vocab"]["file"]))
     if vocab.sha256 != manifest["vocab"]["sha256"]:
@@ -127,7 +133,36 @@ def prepare_run(args: RunArgs, world_size: int) -> Prepared:
         files = manifest["languages"][lang]["splits"]
         for split, bucket in (("train", train), ("valid", valid)):
             bucket.append(open_binarized(os.path.join(cfg.data.dir, files[split]["file"]), vocab.sha256, vocab.size))
+    check_data_fits(cfg, ds_cfg, world_size, train, valid)
     return Prepared(cfg, ds_cfg, paths, manifest, vocab, train, valid)
+
+
+def check_data_fits(cfg: ExperimentConfig, ds_cfg: dict, world_size: int, train: list[TokenStream],
+                    valid: list[TokenStream]) -> None:
+    """Refuse, before anything is written, data too short for the configured windows and batches.
+
+    Raises:
+        DataError: listing every language whose split is too short, or an impossible meta batch layout.
+    """
+    L, problems = cfg.train.seq_len, []
+    for lang, tr, va in zip(cfg.lang_ids, train, valid):
+        if tr.num_tokens < 2 * L - 1:
+            problems.append(f"{lang}: {tr.num_tokens} train tokens, need >= {2 * L - 1} for train.seq_len={L}")
+        if va.num_tokens < L:
+            problems.append(f"{lang}: {va.num_tokens} valid tokens, fewer than train.seq_len={L} (raise "
+                            f"data.split.valid_fraction or lower train.seq_len)")
+    m = cfg.meta
+    if m.enabled:
+        micro = m.val_micro_batch or ds_cfg["train_micro_batch_size_per_gpu"]
+        if m.val_batch_size % (micro * world_size):
+            problems.append(f"meta.val_batch_size={m.val_batch_size} must be a multiple of the validation "
+                            f"micro-batch ({micro}) x world size ({world_size})")
+        if m.val_source == "valid":
+            short = [l for l, va in zip(cfg.lang_ids, valid) if va.num_tokens < 2 * L - 1]
+            if short:
+                problems.append(f"meta.val_source=valid: valid splits of {short} have fewer than {2 * L - 1} tokens")
+    if problems:
+        raise DataError("data does not fit the configuration:\n  - " + "\n  - ".join(problems))
 
 
 def check_checkpoint_matches(client_state: dict, prep: Prepared) -> None:

@@ -29,16 +29,19 @@ from ..data.sampling import LanguageSchedule, language_probs
 from ..data.vocab import N_SPECIAL, PAD_ID
 from ..mlm import MLMBatch
 from ..model import MaskedLM, build_model, count_parameters, flops_per_token
+from ..params import save_phi, split_parameters
 from ..seeding import derive_seed
 from .dist import barrier
 from .evaluate import evaluate
 from .lr_schedule import InverseSqrtWithWarmup
 from .metrics import MetricsLogger
+from .phi_training import PhiTraining, loss_scale
 from .prefetch import Prefetcher
 from .report import plot_curves, write_final
 from .setup import Prepared, check_checkpoint_matches, dump_yaml
 
 log = logging.getLogger("negint_ds")
+PHI_STATE = "phi_optimizer.pt"  # per-language φ optimiser state, beside DeepSpeed's files in a checkpoint
 
 
 class TrainerCallback:
@@ -84,6 +87,12 @@ class Trainer:
 
         torch.manual_seed(derive_seed(tc.seed, "init"))  # identical initial weights on every rank
         model = build_model(self.cfg.model, prep.vocab.size, len(self.lang_ids), PAD_ID)
+        # θ goes to DeepSpeed; φ (language-specific) stays outside its optimiser (see phi_training.py)
+        self.split = split_parameters(model, len(self.lang_ids))
+        phi_init = [[p.detach().clone() for p in phi.values()] for phi in self.split.phi]
+        for phi in self.split.phi:
+            for p in phi.values():
+                p.requires_grad_(False)
         ds_cfg = dict(prep.ds_cfg)
         ds_cfg.setdefault("steps_per_print", 10 ** 9)  # our logger reports; keep DeepSpeed's quiet
         ds_cfg["tensorboard"] = {"enabled": True, "output_path": self.paths.tensorboard, "job_name": "."}
@@ -95,9 +104,11 @@ class Trainer:
         if zero_stage(ds_cfg) == 3:
             # The MLM head reads the tied embedding outside the embedding module's own forward.
             deepspeed.zero.register_external_parameter(model, model.encoder.tok_emb.weight)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(self.split.theta.values()),
                                                     config=ds_cfg, lr_scheduler=scheduler)
         self.device = self.engine.device
+        self.phi = (PhiTraining(self.cfg, self.engine, self.split, phi_init, ds_cfg, prep, world_size, rank)
+                    if self.split.has_phi else None)
         if tc.compile:
             self.engine.compile()  # torch.compile through DeepSpeed (fuses LayerNorm/GELU/dropout/residuals)
         self.micro = self.engine.train_micro_batch_size_per_gpu()
@@ -109,6 +120,9 @@ class Trainer:
             if latest is not None:
                 _, client = self.engine.load_checkpoint(self.paths.checkpoints, tag=latest["tag"])
                 check_checkpoint_matches(client, prep)
+                if self.phi is not None:
+                    self.phi.load_state_dict(torch.load(os.path.join(self.paths.checkpoints, latest["tag"], PHI_STATE),
+                                                        map_location=self.device, weights_only=False))
                 self.step = int(client["step"])
                 self.first_eval = client.get("first_eval")
         if not resume or self.paths.latest() is None:
@@ -176,6 +190,13 @@ class Trainer:
         log.info("model: %d layers, d=%d, %d heads, FFN %d, vocab %d, %.2fM parameters, %.1f MFLOP/token",
                  mc.layers, mc.dim, mc.heads, mc.ffn_dim, self.prep.vocab.size, n / 1e6,
                  flops_per_token(mc, tc.seq_len, self.prep.vocab.size, self.cfg.mlm.mask_prob) / 1e6)
+        if self.split.has_phi:
+            per_lang = sum(p.numel() for p in self.split.phi[0].values())
+            parts = list(mc.language_specific) + ([f"{mc.adapters.kind} adapters"] if mc.adapters.kind != "none" else [])
+            how = (f"meta-learned (Algorithm 1, {self.cfg.meta.hypergradient} hypergradient)" if self.cfg.meta.enabled
+                   else "jointly, one AdamW state per language")
+            log.info("language-specific φ: %s, %.2fM parameters per language, trained %s", ", ".join(parts),
+                     per_lang / 1e6, how)
         log.info("languages (P_i at T=%.2f): %s", tc.lang_temperature,
                  ", ".join(f"{l}={p:.3f}" for l, p in zip(self.lang_ids, self.lang_probs)))
         log.info("DeepSpeed: ZeRO-%d, %s, %d process(es) on %s, micro-batch %d x accumulation %d x world %d = %d "
@@ -184,21 +205,40 @@ class Trainer:
                  tc.seq_len)
 
     # ------------------------------------------------------------------ training
+    def seed_dropout(self, step: int, phase: str, lang: int, micro: int) -> None:
+        """Seed dropout for one forward: a pure function of (seed, step, rank, phase, language, micro-batch).
+
+        The virtual step, both finite-difference probes and the θ step of a meta step all use phase
+        "train" for the step's batch, so they see the same dropout masks.
+        """
+        torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, self.rank, phase, lang, micro))
+
     def train_step(self, step: int) -> tuple[int, torch.Tensor, list[MLMBatch]]:
-        """One optimiser step on the language the schedule draws for ``step``.
+        """One optimiser step on the language the schedule draws for ``step`` (Algorithm 1 when meta-learning).
 
         Returns:
             (language index, this rank's mean micro-batch loss as a 0-d device tensor, the micro-batches).
         """
         lang, batches = self.prefetcher.get(step)
-        torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, self.rank))
+        lr = float(self.engine.get_lr()[0])  # this step's lr (DeepSpeed advances the schedule in step())
+        hook = lambda phase, j, m: self.seed_dropout(step, phase, j, m)  # noqa: E731
+        if self.phi is not None and self.phi.meta_due(step):
+            self.phi.meta_update(step, lang, batches, lr, hook)  # φ_i first (Algorithm 1) ...
+        leaves = self.phi.train_leaves(lang) if self.phi is not None else None
+        scale = loss_scale(self.engine) if leaves is not None else 1.0
         total = torch.zeros((), device=self.device)
-        for mb in batches:
+        for m, mb in enumerate(batches):  # ... then θ on L_train^i(θ, φ^{new})
+            hook("train", lang, m)
             mb = mb.to(self.device)
-            loss = self.engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets)
+            if leaves is None:
+                loss = self.engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets, lang=lang)
+            else:
+                loss = self.phi.forward(leaves, mb, lang)
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
+        if leaves is not None:
+            self.phi.apply_train_grads(lang, leaves, lr, scale)
         return lang, total / len(batches), batches
 
     def run_eval(self) -> dict:
@@ -223,6 +263,10 @@ class Trainer:
                   "data_fingerprint": self.prep.manifest["fingerprint"], "lang_ids": self.lang_ids,
                   "first_eval": self.first_eval, "negint_ds_version": __version__}
         self.engine.save_checkpoint(self.paths.checkpoints, tag=tag, client_state=client, save_latest=False)
+        if self.phi is not None and self.rank == 0:  # φ is identical on every rank (averaged gradients)
+            path = os.path.join(self.paths.checkpoints, tag, PHI_STATE)
+            torch.save(self.phi.state_dict(), path + ".tmp")
+            os.replace(path + ".tmp", path)
         barrier()
         if self.rank == 0:
             removed = self.paths.commit_checkpoint(tag, self.step, self.cfg.train.keep_checkpoints)
@@ -280,6 +324,8 @@ class Trainer:
                        "lr": float(self.engine.get_lr()[0]), "grad_norm": _grad_norm(self.engine),
                        "tokens_per_s": win_steps * tokens_per_step / max(win_time, 1e-9),
                        "elapsed_s": time.time() - start_time}
+                if self.phi is not None:
+                    rec.update({k: v for k, v in self.phi.stats.items() if v is not None})
                 self.metrics.write(rec)
                 pbar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", lr=f"{rec['lr']:.2e}")
                 log.info("step %d/%d loss %.4f lr %.3g %s tokens/s", self.step, tc.max_steps, rec["loss"],
@@ -356,6 +402,8 @@ class Trainer:
                 os.replace(tmp, os.path.join(self.paths.export, "model.safetensors"))
         if self.rank == 0:
             shutil.copyfile(self.prep.vocab.path, os.path.join(self.paths.export, "spm.model"))
+            if self.phi is not None:
+                save_phi(module, os.path.join(self.paths.export, "phi.safetensors"), self.lang_ids)
             atomic_write_json(os.path.join(self.paths.export, "model.json"), {
                 "model": to_mapping(self.cfg.model), "vocab_size": self.prep.vocab.size,
                 "lang_ids": self.lang_ids, "pad_id": PAD_ID, "mask_id": self.prep.vocab.mask_id,

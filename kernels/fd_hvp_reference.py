@@ -1,0 +1,68 @@
+"""Plain-torch reference of the finite-difference Hessian-vector product ops (paper Eq. 8; DARTS §2.3).
+
+Over the list of shared-parameter tensors θ (any dtype) and a direction v = ∇θ' L_val:
+
+* ``global_norm(v)``: ‖v‖₂ over all tensors, accumulated in fp32 (fp64 for fp64 inputs);
+* ``perturb(theta, v, alpha)``: θ + α·v per tensor, computed in fp32 (fp64 for fp64) and rounded once
+  to θ's dtype (θ itself is never modified, so "restoring" it is exact by construction);
+* ``combine(direct, g_plus, g_minus, beta, eps)``: direct − β·(g⁺ − g⁻)/(2ε), the hypergradient of φ_i.
+
+The Triton multi-tensor kernels of issue 4 must return the same values (tests and benchmarks import
+these functions as the reference).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp16/bf16/fp32, fp64 for fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖v‖₂ of the concatenation of ``tensors``: 0-d tensor (:func:`acc_dtype`) on their device."""
+    if not tensors:
+        raise ValueError("global_norm of an empty list")
+    sq = torch.stack([t.detach().to(acc_dtype(t.dtype)).pow(2).sum() for t in tensors])
+    return sq.sum().sqrt()
+
+
+def perturb(theta: Sequence[torch.Tensor], v: Sequence[torch.Tensor], alpha: float | torch.Tensor) -> list[torch.Tensor]:
+    """New tensors θ_k + α·v_k (:func:`acc_dtype` arithmetic, result in θ_k's dtype); ``alpha`` float or 0-d.
+
+    Raises:
+        ValueError: the lists differ in length or a pair differs in shape.
+    """
+    if len(theta) != len(v):
+        raise ValueError(f"perturb: {len(theta)} θ tensors but {len(v)} direction tensors")
+    out = []
+    for t, d in zip(theta, v):
+        if t.shape != d.shape:
+            raise ValueError(f"perturb: shape {tuple(t.shape)} vs {tuple(d.shape)}")
+        a = acc_dtype(t.dtype)
+        out.append((t.detach().to(a) + alpha * d.to(a)).to(t.dtype))
+    return out
+
+
+def combine(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.Tensor | None],
+            g_minus: Sequence[torch.Tensor | None], beta: float, eps: float | torch.Tensor) -> list[torch.Tensor]:
+    """direct − β·(g⁺ − g⁻)/(2ε) per tensor, in :func:`acc_dtype`. ``None`` entries count as zero.
+
+    Raises:
+        ValueError: the lists differ in length, or a position is None in all three.
+    """
+    if not len(direct) == len(g_plus) == len(g_minus):
+        raise ValueError("combine: direct, g_plus and g_minus must have the same length")
+    out = []
+    for d, p, m in zip(direct, g_plus, g_minus):
+        ref = next((t for t in (d, p, m) if t is not None), None)
+        if ref is None:
+            raise ValueError("combine: a parameter has no gradient in any term")
+        a = acc_dtype(ref.dtype)
+        z = torch.zeros(ref.shape, dtype=a, device=ref.device)
+        d, p, m = (z if t is None else t.to(a) for t in (d, p, m))
+        out.append(d - beta * (p - m) / (2 * eps))
+    return out

@@ -1,0 +1,148 @@
+"""Training the language-specific parameters φ beside DeepSpeed's θ: joint rows and Algorithm 1.
+
+DeepSpeed's engine optimises θ only (φ has ``requires_grad=False`` in the module, so DeepSpeed never sees
+it). φ gradients are taken through ``engine.module`` with ``torch.func.functional_call`` (φ_i passed as
+fresh leaf tensors), averaged over data-parallel ranks by hand, un-scaled with DeepSpeed's current fp16
+loss scale, and applied by a :class:`~negint_ds.phi_optim.LanguageOptimizer` that steps only φ_i.
+
+* Joint training (paper rows +ffn, +attn, +adpt): in the θ step, φ_i gets the gradient of the same
+  train loss and takes an AdamW step with the current learning rate.
+* Meta training (+meta adpt, Algorithm 1): before the θ step, φ_i ← φ_i − α ∇φ_i F with the hypergradient
+  of :mod:`negint_ds.meta.hypergrad`; then θ takes its DeepSpeed step on L_train^i(θ, φ^{new}).
+
+This works at ZeRO 0–2, where ``engine.module`` holds whole parameters; ZeRO-3 is refused at set-up.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import ExperimentConfig
+from ..data.vocab import N_SPECIAL
+from ..meta import MetaInputs, hypergradient_exact, hypergradient_fd, mlm_loss
+from ..meta.val_batches import MetaValBatches
+from ..mlm import MLMBatch
+from ..params import ParamSplit
+from ..phi_optim import LanguageOptimizer
+from .dist import all_reduce_mean_
+
+
+def loss_scale(engine) -> float:
+    """DeepSpeed's current fp16 loss scale (1.0 for bf16/fp32)."""
+    if not engine.fp16_enabled():
+        return 1.0
+    opt = engine.optimizer
+    for get in (lambda: opt.loss_scale, lambda: opt.cur_scale, lambda: opt.loss_scaler.cur_scale):
+        try:
+            v = get()
+        except AttributeError:
+            continue
+        if v is not None:
+            return float(v)
+    return 1.0
+
+
+class PhiTraining:
+    """φ's optimiser(s), the meta-validation batches and the φ-aware parts of a training step.
+
+    Args:
+        cfg: the experiment config.
+        engine: the DeepSpeed engine (θ only).
+        split: θ/φ split of ``engine.module``.
+        phi_init: fp32 initial φ values per language (taken before DeepSpeed cast the module).
+        ds_cfg: resolved DeepSpeed config (AdamW betas/eps/weight decay and clipping for φ).
+        prep, world_size, rank: for the meta-validation batches.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, engine, split: ParamSplit, phi_init: list[list[torch.Tensor]],
+                 ds_cfg: dict, prep, world_size: int, rank: int):
+        self.cfg, self.engine, self.split, self.world = cfg, engine, split, world_size
+        p = ds_cfg["optimizer"].get("params", {})
+        kw = dict(betas=tuple(p.get("betas", (0.9, 0.999))), eps=p.get("eps", 1e-8),
+                  weight_decay=p.get("weight_decay", 0.0), max_grad_norm=ds_cfg.get("gradient_clipping"))
+        self.opt = LanguageOptimizer(split, initial=phi_init, **kw)
+        self.meta = cfg.meta if cfg.meta.enabled else None
+        if self.meta is None:
+            self.train_opt = self.opt  # joint rows: φ_i follows the train loss
+        elif self.meta.phi_train_loss:
+            self.train_opt = LanguageOptimizer(split, share_masters_with=self.opt, **kw)  # own AdamW state
+        else:
+            self.train_opt = None
+        self.theta_names = [n for n, q in engine.module.named_parameters() if q.requires_grad]
+        self.stats: dict = {}
+        if self.meta is not None:
+            tc, m = cfg.train, self.meta
+            streams = prep.valid_streams if m.val_source == "valid" else prep.train_streams
+            self.val = MetaValBatches(streams, m.val_source, tc.seq_len, m.val_batch_size,
+                                      m.val_micro_batch or engine.train_micro_batch_size_per_gpu(), world_size, rank,
+                                      cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL, tc.seed, cfg.lang_ids)
+
+    def meta_due(self, step: int) -> bool:
+        return self.meta is not None and step % self.meta.every == 0
+
+    def _reduce_mean(self, tensors: list[torch.Tensor]) -> None:
+        all_reduce_mean_(tensors, self.world)
+
+    def meta_update(self, step: int, lang: int, batches: list[MLMBatch], lr: float, seed_hook) -> dict:
+        """Algorithm 1's φ step for language ``lang``: φ_i ← φ_i − α ∇φ_i (1/|S|) Σ_j L_val^j(θ', φ_j)."""
+        m, dev = self.meta, self.engine.device
+        beta = lr if m.beta is None else m.beta
+        alpha = lr if m.alpha is None else m.alpha
+        langs = self.val.languages(step, lang, m.include_self, m.langs_per_step)
+        inputs = MetaInputs([b.to(dev) for b in batches],
+                            [(j, [b.to(dev) for b in self.val.batches(step, j)]) for j in langs])
+        scale = loss_scale(self.engine)
+        common = dict(model=self.engine.module, theta_names=self.theta_names, phi_names=self.split.phi_names(lang),
+                      lang=lang, inputs=inputs, beta=beta, reduce_mean=self._reduce_mean, scale=scale,
+                      before_forward=seed_hook)
+        if m.hypergradient == "exact":
+            diff = None
+            if self.world > 1:
+                from torch.distributed.nn.functional import all_reduce
+
+                diff = lambda t: all_reduce(t) / self.world  # noqa: E731
+            hg = hypergradient_exact(reduce_mean_differentiable=diff, **common)
+        else:
+            hg = hypergradient_fd(fd_scale=m.fd_scale, **common)
+        res = self.opt.step(lang, hg.grad, alpha)
+        losses = torch.tensor([hg.train_loss, hg.val_loss], dtype=torch.float64, device=dev)
+        self._reduce_mean([losses])  # logged as global-batch means, like the train loss
+        train_loss, val_loss = losses.tolist()
+        self.stats = {"meta_train_loss": train_loss, "meta_val_loss": val_loss, "phi_grad_norm": res["grad_norm"],
+                      "phi_step_skipped": float(res["skipped"]), "v_norm": hg.v_norm, "fd_eps": hg.eps,
+                      "fd_changed_fraction": hg.changed_fraction}
+        return self.stats
+
+    def train_leaves(self, lang: int) -> dict[str, torch.Tensor] | None:
+        """Fresh leaves for φ_lang when the θ step should also train it (joint rows), else None."""
+        if self.train_opt is None:
+            return None
+        return {n: q.detach().requires_grad_(True) for n, q in self.split.phi[lang].items()}
+
+    def forward(self, leaves: dict[str, torch.Tensor], mb: MLMBatch, lang: int) -> torch.Tensor:
+        """The train loss through ``engine.module`` with φ_lang replaced by ``leaves``."""
+        return mlm_loss(self.engine.module, leaves, mb, lang)
+
+    def apply_train_grads(self, lang: int, leaves: dict[str, torch.Tensor], lr: float, scale: float) -> None:
+        """Average φ_lang's train-loss gradients over ranks, remove the loss scale, step φ_lang.
+
+        Skipped when DeepSpeed skipped the θ step (fp16 overflow), so θ and φ stay in step.
+        """
+        grads = [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves.values()]
+        grads = [g.float() for g in grads]
+        self._reduce_mean(grads)
+        if not self.engine.was_step_applied():
+            return
+        res = self.train_opt.step(lang, [g / scale for g in grads], lr)
+        self.stats.setdefault("phi_train_grad_norm", res["grad_norm"])
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(),
+                "train_opt": self.train_opt.state_dict() if self.train_opt not in (None, self.opt) else None}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.opt.load_state_dict(sd["opt"])
+        if sd.get("train_opt") is not None and self.train_opt not in (None, self.opt):
+            self.train_opt.load_state_dict(sd["train_opt"])
+
+
+__all__ = ["PhiTraining", "loss_scale"]
