@@ -101,3 +101,38 @@ def test_ds_config_needs_optimizer_and_valid_stage():
     with pytest.raises(ConfigError) as e:
         check_ds_config({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 4}}, 1, False)
     assert len(e.value.problems) == 2
+
+
+def test_extends_deep_merges_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ndata: {dir: d, languages: {en: {source: bible}}}\n"
+                                        "model: {layers: 2, adapters: {kind: language, bottleneck: 8}}\n")
+    (tmp_path / "row.yaml").write_text("extends: base.yaml\nname: row\nmodel: {adapters: {kind: shared}}\n")
+    cfg = load_experiment(str(tmp_path / "row.yaml"))
+    assert cfg.name == "row" and cfg.model.layers == 2
+    assert cfg.model.adapters.kind == "shared" and cfg.model.adapters.bottleneck == 8, "nested keys must merge"
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="extends: cycle"):
+        load_experiment(str(tmp_path / "a.yaml"))
+
+
+def test_paper_rows_exist_and_differ_only_where_they_should():
+    base = load_experiment("jointpair_en_sw_demo")
+    rows = {"ffn": (["ffn"], "none"), "attn": (["attn"], "none"), "adpt": ([], "language"),
+            "share_adpt": ([], "shared"), "meta_adpt": ([], "language")}
+    for row, (spec, kind) in rows.items():
+        cfg = load_experiment(f"jointpair_en_sw_{row}_demo")
+        assert cfg.model.language_specific == spec and cfg.model.adapters.kind == kind
+        assert cfg.meta.enabled == (row == "meta_adpt")
+        assert cfg.data == base.data, "every row must share the JointPair data (and vocabulary)"
+        assert (cfg.model.layers, cfg.model.dim) == (base.model.layers, base.model.dim)
+
+
+def test_meta_needs_language_adapters():
+    bad = base()
+    bad["meta"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="meta.enabled: needs model.adapters.kind=language"):
+        from_mapping(ExperimentConfig, bad)
+    bad["model"] = {"adapters": {"kind": "language"}, "language_specific": ["ffn"]}
+    with pytest.raises(ConfigError, match="not supported with meta-learning"):
+        from_mapping(ExperimentConfig, bad)

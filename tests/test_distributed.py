@@ -20,8 +20,10 @@ def _tool(name):
     return path if os.path.isfile(path) else shutil.which(name)
 
 
-MODES = {"plain": [], "meta": ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true",
-                                "--set", "meta.val_batch_size=8", "--set", "meta.val_micro_batch=4"]}
+_META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "--set", "meta.val_batch_size=8",
+         "--set", "meta.val_micro_batch=4"]
+MODES = {"plain": [], "joint": ["--set", "model.adapters.kind=language"], "meta": _META,
+         "meta_exact": [*_META, "--set", "meta.hypergradient=exact"]}
 
 
 def _args(tiny_data, ds, run, mode):
@@ -53,9 +55,12 @@ def _compare(run, ref):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
 
 
-@pytest.mark.parametrize("launcher,mode", [("deepspeed", "plain"), ("mpiexec", "plain"), ("deepspeed", "meta")])
+@pytest.mark.parametrize("launcher,mode", [("deepspeed", "plain"), ("mpiexec", "plain"), ("deepspeed", "joint"),
+                                           ("deepspeed", "meta"), ("mpiexec", "meta_exact")])
 def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, mode):
-    """ZeRO-2 over gloo; for meta, θ gradients, v, the hypergradient and φ all cross the process boundary."""
+    """ZeRO-2 over gloo. joint: φ gradients accumulated over 2 micro-batches (1 process) vs averaged over
+    2 ranks; meta: θ gradients, v, the hypergradient and φ all cross the process boundary (for the exact
+    hypergradient, through a differentiable all-reduce)."""
     refs, d = references
     exe = _tool(launcher)
     if exe is None:
@@ -68,6 +73,6 @@ def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, 
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert "2 process(es)" in p.stdout + p.stderr
     _compare(run, refs[mode])
-    if mode == "meta":
+    if mode.startswith("meta"):
         a, b = read_metrics(refs[mode], "train"), read_metrics(run, "train")
         assert [r["meta_val_loss"] for r in b] == pytest.approx([r["meta_val_loss"] for r in a], rel=LOSS_RTOL)

@@ -97,6 +97,13 @@ def test_bad_inputs_stop_before_training(tiny_data, ds2, tmp_path):
     p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
                       "--set", "model.vocab_size=1000"])
     assert p.returncode == 2 and "model.vocab_size=1000" in p.stderr and "300 pieces" in p.stderr
+    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
+                      "--set", "train.seq_len=2048", "--set", "model.max_positions=2048",
+                      "--set", "model.adapters.kind=language", "--set", "meta.enabled=true",
+                      "--set", "meta.val_batch_size=6"])
+    assert p.returncode == 2 and "data does not fit the configuration" in p.stderr
+    assert "valid tokens, fewer than train.seq_len=2048" in p.stderr
+    assert "meta.val_batch_size=6 must be a multiple of the validation micro-batch (4)" in p.stderr
     assert not os.path.exists(run), "a refused run must not create its run directory"
 
 
@@ -181,15 +188,15 @@ def test_zero_stages_agree(tiny_data, trained, tmp_path, stage):
     assert got == pytest.approx(ref, rel=1e-5)
 
 
-def test_joint_adapters_agree_across_zero_stages(tiny_data, tmp_path):
-    """The per-language φ path (functional φ gradients beside DeepSpeed's θ step) works at ZeRO 0, 1 and 2."""
+@pytest.mark.parametrize("extra", [["--set", "model.adapters.kind=language"], META], ids=["joint", "meta"])
+def test_language_specific_training_agrees_across_zero_stages(tiny_data, tmp_path, extra):
+    """φ handled beside DeepSpeed (functional φ gradients, own optimiser) works at ZeRO 0, 1 and 2."""
     losses = {}
     for stage in (0, 1, 2):
         ds = write_ds_config(str(tmp_path / f"z{stage}.json"), stage=stage)
-        run = str(tmp_path / f"adpt{stage}")
+        run = str(tmp_path / f"z{stage}")
         p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
-                          "--set", "train.max_steps=5", "--set", "train.eval_every=5",
-                          "--set", "model.adapters.kind=language"])
+                          "--set", "train.max_steps=4", "--set", "train.eval_every=4", *extra])
         assert p.returncode == 0, p.stderr[-3000:]
         losses[stage] = [r["loss"] for r in read_metrics(run, "train")]
     assert losses[0] == pytest.approx(losses[2], rel=1e-5) and losses[1] == pytest.approx(losses[2], rel=1e-5)

@@ -60,9 +60,9 @@ class Hypergradient:
         train_loss / val_loss: L_train^i(θ, φ_i) and F at θ' (this rank's mean; nats).
         v_norm: ‖∇θ' F‖.
         eps: the finite-difference step ε (None for ``exact``).
-        changed_fraction: share of θ elements whose value differs between θ⁺ and θ⁻ after rounding to the
-            parameters' dtype (1.0 means the perturbation is fully representable; near 0 in bf16/fp16
-            with a small ε means the difference quotient measures rounding, not curvature). None in fp32.
+        changed_fraction: share of θ elements that θ⁺ = θ + εv changes after rounding to the parameters'
+            dtype (near 1 means the perturbation is representable; near 0 in bf16/fp16 with a small ε
+            means the difference quotient measures rounding, not curvature). None for fp32/fp64.
     """
 
     grad: list[torch.Tensor]
@@ -168,13 +168,11 @@ def hypergradient_fd(model: nn.Module, theta_names: list[str], phi_names: list[s
         reduce_mean(direct)
         return Hypergradient([d / scale for d in direct], train_loss, val_loss, 0.0, 0.0, None)
     eps = fd_scale / v_norm  # ε = c/‖v‖ with v unscaled; the scaled v needs ε/scale
-    low_precision = theta[0].dtype in (torch.float16, torch.bfloat16)
-    probes, changed, plus = [], None, None
+    probes, changed = [], None
     for sign in (1.0, -1.0):
         theta_pm = ops.perturb(theta, v, sign * eps / scale)
-        if low_precision and plus is not None:
-            changed = _changed_fraction(plus, theta_pm)
-            plus = None
+        if sign > 0 and theta[0].dtype in (torch.float16, torch.bfloat16):
+            changed = _changed_fraction(theta, theta_pm)
         acc = _zeros(phi)
         for m, mb in enumerate(inputs.train):
             ph = _leaves(phi)
@@ -182,9 +180,7 @@ def hypergradient_fd(model: nn.Module, theta_names: list[str], phi_names: list[s
             loss = mlm_loss(model, {**dict(zip(theta_names, theta_pm)), **dict(zip(phi_names, ph))}, mb, lang)
             _acc(acc, torch.autograd.grad(loss * (scale / len(inputs.train)), ph, allow_unused=True))
         probes.append(acc)
-        plus = theta_pm if low_precision else None
-        del theta_pm
-    del plus
+        del theta_pm  # one perturbed copy of θ alive at a time
     grad = ops.combine(direct, probes[0], probes[1], beta, eps)
     reduce_mean(grad)
     return Hypergradient([t / scale for t in grad], train_loss, val_loss, v_norm, eps, changed)

@@ -67,8 +67,6 @@ class Trainer:
 
     def __init__(self, prep: Prepared, rank: int, world_size: int, resume: bool, overwrite: bool,
                  progress: bool = True, callbacks: list[TrainerCallback] | None = None):
-        import deepspeed
-
         self.prep, self.cfg, self.paths = prep, prep.cfg, prep.paths
         self.rank, self.world = rank, world_size
         self.lang_ids = prep.cfg.lang_ids
@@ -85,15 +83,30 @@ class Trainer:
         self.lang_probs = language_probs(counts, tc.lang_temperature)
         self.schedule = LanguageSchedule(self.lang_probs, tc.seed)
 
-        torch.manual_seed(derive_seed(tc.seed, "init"))  # identical initial weights on every rank
-        model = build_model(self.cfg.model, prep.vocab.size, len(self.lang_ids), PAD_ID)
-        # θ goes to DeepSpeed; φ (language-specific) stays outside its optimiser (see phi_training.py)
+        model = self._build_engine()
+        self._restore(resume)
+        self.batches = TrainBatches(prep.train_streams, self.schedule, tc.seq_len, self.micro, self.accum,
+                                    world_size, rank, self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL,
+                                    tc.seed, start_step=self.step, names=self.lang_ids)
+        self.valid = {lang: eval_batches(s, i, tc.seq_len, tc.eval_sequences, tc.eval_batch_size, rank, world_size,
+                                         self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL, tc.seed)
+                      for i, (lang, s) in enumerate(zip(self.lang_ids, prep.valid_streams))}
+        self._log_summary(model, resume)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _build_engine(self) -> MaskedLM:
+        """Model with identical initial weights on every rank; θ to DeepSpeed, φ to :class:`PhiTraining`."""
+        import deepspeed
+
+        tc = self.cfg.train
+        torch.manual_seed(derive_seed(tc.seed, "init"))
+        model = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID)
         self.split = split_parameters(model, len(self.lang_ids))
-        phi_init = [[p.detach().clone() for p in phi.values()] for phi in self.split.phi]
+        phi_init = [[p.detach().clone() for p in phi.values()] for phi in self.split.phi]  # fp32, before any cast
         for phi in self.split.phi:
             for p in phi.values():
-                p.requires_grad_(False)
-        ds_cfg = dict(prep.ds_cfg)
+                p.requires_grad_(False)  # outside DeepSpeed's optimiser (see phi_training.py)
+        ds_cfg = dict(self.prep.ds_cfg)
         ds_cfg.setdefault("steps_per_print", 10 ** 9)  # our logger reports; keep DeepSpeed's quiet
         ds_cfg["tensorboard"] = {"enabled": True, "output_path": self.paths.tensorboard, "job_name": "."}
         scheduler = None
@@ -107,29 +120,29 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(self.split.theta.values()),
                                                     config=ds_cfg, lr_scheduler=scheduler)
         self.device = self.engine.device
-        self.phi = (PhiTraining(self.cfg, self.engine, self.split, phi_init, ds_cfg, prep, world_size, rank)
+        self.phi = (PhiTraining(self.cfg, self.engine, self.split, phi_init, ds_cfg, self.prep, self.world, self.rank)
                     if self.split.has_phi else None)
         if tc.compile:
             self.engine.compile()  # torch.compile through DeepSpeed (fuses LayerNorm/GELU/dropout/residuals)
         self.micro = self.engine.train_micro_batch_size_per_gpu()
         self.accum = self.engine.gradient_accumulation_steps()
+        return model
 
-        self.step = 0
-        if resume:
-            latest = self.paths.latest()
-            if latest is not None:
-                _, client = self.engine.load_checkpoint(self.paths.checkpoints, tag=latest["tag"])
-                check_checkpoint_matches(client, prep)
-                if self.phi is not None:
-                    self.phi.load_state_dict(torch.load(os.path.join(self.paths.checkpoints, latest["tag"], PHI_STATE),
-                                                        map_location=self.device, weights_only=False))
-                self.step = int(client["step"])
-                self.first_eval = client.get("first_eval")
-        if not resume or self.paths.latest() is None:
-            self.first_eval = None
-        self.metrics = MetricsLogger(self.paths, self.lang_ids, self.engine.monitor, enabled=rank == 0)
+    def _restore(self, resume: bool) -> None:
+        """Load the latest complete checkpoint (on resume), align the logs with it, write the run files."""
+        self.step, self.first_eval = 0, None
+        latest = self.paths.latest() if resume else None
+        if latest is not None:
+            _, client = self.engine.load_checkpoint(self.paths.checkpoints, tag=latest["tag"])
+            check_checkpoint_matches(client, self.prep)
+            if self.phi is not None:
+                self.phi.load_state_dict(torch.load(os.path.join(self.paths.checkpoints, latest["tag"], PHI_STATE),
+                                                    map_location=self.device, weights_only=False))
+            self.step = int(client["step"])
+            self.first_eval = client.get("first_eval")
+        self.metrics = MetricsLogger(self.paths, self.lang_ids, self.engine.monitor, enabled=self.rank == 0)
         last = None
-        if rank == 0:
+        if self.rank == 0:
             self.metrics.truncate_after(self.step)
             self._write_run_files(resume)
             rec = [r for r in self.metrics.records("valid") if r["step"] == self.step]
@@ -139,15 +152,6 @@ class Trainer:
         self.last_eval = (self.step, last) if last else None
         barrier()
 
-        self.batches = TrainBatches(prep.train_streams, self.schedule, tc.seq_len, self.micro, self.accum,
-                                    world_size, rank, self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL,
-                                    tc.seed, start_step=self.step, names=self.lang_ids)
-        self.valid = {lang: eval_batches(s, i, tc.seq_len, tc.eval_sequences, tc.eval_batch_size, rank, world_size,
-                                         self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL, tc.seed)
-                      for i, (lang, s) in enumerate(zip(self.lang_ids, prep.valid_streams))}
-        self._log_summary(model, resume)
-
-    # ------------------------------------------------------------------ set-up helpers
     def _setup_logging(self) -> None:
         log.handlers.clear()
         log.propagate = False
@@ -195,8 +199,8 @@ class Trainer:
             parts = list(mc.language_specific) + ([f"{mc.adapters.kind} adapters"] if mc.adapters.kind != "none" else [])
             how = (f"meta-learned (Algorithm 1, {self.cfg.meta.hypergradient} hypergradient)" if self.cfg.meta.enabled
                    else "jointly, one AdamW state per language")
-            log.info("language-specific φ: %s, %.2fM parameters per language, trained %s", ", ".join(parts),
-                     per_lang / 1e6, how)
+            log.info("language-specific φ: %s, %s parameters per language, trained %s", ", ".join(parts),
+                     f"{per_lang:,}", how)
         log.info("languages (P_i at T=%.2f): %s", tc.lang_temperature,
                  ", ".join(f"{l}={p:.3f}" for l, p in zip(self.lang_ids, self.lang_probs)))
         log.info("DeepSpeed: ZeRO-%d, %s, %d process(es) on %s, micro-batch %d x accumulation %d x world %d = %d "
@@ -220,6 +224,7 @@ class Trainer:
             (language index, this rank's mean micro-batch loss as a 0-d device tensor, the micro-batches).
         """
         lang, batches = self.prefetcher.get(step)
+        batches = [mb.to(self.device) for mb in batches]  # once: the meta update and the θ step share them
         lr = float(self.engine.get_lr()[0])  # this step's lr (DeepSpeed advances the schedule in step())
         hook = lambda phase, j, m: self.seed_dropout(step, phase, j, m)  # noqa: E731
         if self.phi is not None and self.phi.meta_due(step):
@@ -229,7 +234,6 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for m, mb in enumerate(batches):  # ... then θ on L_train^i(θ, φ^{new})
             hook("train", lang, m)
-            mb = mb.to(self.device)
             if leaves is None:
                 loss = self.engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets, lang=lang)
             else:
