@@ -4,7 +4,11 @@ Install torch first (keep one you already have; on a CPU-only machine ``pip inst
 then ``pip install -e .``. The repository's top-level ``kernels/`` installs as ``negint_ds.kernels`` so
 that it never shadows the unrelated PyPI package named ``kernels``.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# negint_ds/* as is; the top-level kernels/ (and its subpackages) as negint_ds.kernels
+PACKAGES = (["negint_ds"] + [f"negint_ds.{p}" for p in find_packages("negint_ds")]
+            + ["negint_ds.kernels"] + [f"negint_ds.kernels.{p}" for p in find_packages("kernels")])
 
 setup(
     name="negint_ds",
@@ -13,8 +17,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["negint_ds", "negint_ds.config", "negint_ds.data", "negint_ds.data.sources", "negint_ds.train",
-              "negint_ds.recipes", "negint_ds.kernels"],
+    packages=PACKAGES,
     package_dir={"negint_ds": "negint_ds", "negint_ds.kernels": "kernels"},
     package_data={"negint_ds.recipes": ["*.yaml"]},
     install_requires=[
@@ -28,6 +31,7 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.7",
         "tensorboard>=2.14",
+        "triton>=3.0; platform_system == 'Linux'",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1", "mpich"],

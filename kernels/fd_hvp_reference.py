@@ -52,17 +52,26 @@ def combine(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.Tensor
     """direct − β·(g⁺ − g⁻)/(2ε) per tensor, in :func:`acc_dtype`. ``None`` entries count as zero.
 
     Raises:
+        ValueError: see :func:`fill_missing`.
+    """
+    return [d - beta * (p - m) / (2 * eps) for d, p, m in fill_missing(direct, g_plus, g_minus)]
+
+
+def fill_missing(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.Tensor | None],
+                 g_minus: Sequence[torch.Tensor | None]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per parameter, (direct, g⁺, g⁻) in :func:`acc_dtype`, contiguous, with zeros for ``None`` (unused).
+
+    Raises:
         ValueError: the lists differ in length, or a position is None in all three.
     """
     if not len(direct) == len(g_plus) == len(g_minus):
         raise ValueError("combine: direct, g_plus and g_minus must have the same length")
     out = []
-    for d, p, m in zip(direct, g_plus, g_minus):
-        ref = next((t for t in (d, p, m) if t is not None), None)
+    for terms in zip(direct, g_plus, g_minus):
+        ref = next((t for t in terms if t is not None), None)
         if ref is None:
             raise ValueError("combine: a parameter has no gradient in any term")
         a = acc_dtype(ref.dtype)
-        z = torch.zeros(ref.shape, dtype=a, device=ref.device)
-        d, p, m = (z if t is None else t.to(a) for t in (d, p, m))
-        out.append(d - beta * (p - m) / (2 * eps))
+        out.append(tuple((torch.zeros(ref.shape, dtype=a, device=ref.device) if t is None else t.to(a)).contiguous()
+                         for t in terms))
     return out

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .kernels import bottleneck_adapter
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,13 @@ class FeedForward(nn.Module):
 
 
 class BottleneckAdapter(nn.Module):
-    """Residual bottleneck adapter (paper Appendix B): o = z + dropout(W_up g(W_down z + b_down) + b_up).
+    """Residual bottleneck adapter (paper Appendix B): o = z + W_up g(W_down z + b_down) + b_up.
 
     Placed on a sublayer's output before the residual connection, as in the paper's code. Shapes:
     W_down (b, d), W_up (d, b); b = d/4 by default. Initialised like every other linear layer
-    (PyTorch default), as in the official implementation.
+    (PyTorch default), as in the official implementation. Without branch dropout (the paper's formula)
+    it runs the fused Triton kernel on CUDA (:func:`negint_ds.kernels.bottleneck_adapter`); with dropout
+    (the official code's variant, ``adapters.dropout > 0``) or under ZeRO-3 it runs the torch modules.
     """
 
     def __init__(self, dim: int, bottleneck: int, activation: str, dropout: float):
@@ -84,6 +87,11 @@ class BottleneckAdapter(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # ZeRO-3 gathers parameters in the submodules' own forward hooks: call them rather than read weights
+        zero3 = hasattr(self.down.weight, "ds_id")
+        if (self.drop.p == 0.0 or not self.training) and not zero3:
+            return bottleneck_adapter(z, self.down.weight, self.down.bias, self.up.weight, self.up.bias,
+                                      self.activation)  # (..., d)
         h = self.down(z)  # (..., b)
         h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
         return z + self.drop(self.up(h))  # (..., d)

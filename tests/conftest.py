@@ -11,6 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
+import torch
+
+# Triton kernels run on CPU under the interpreter; it must be set before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launchers", "pretrain.py")
 

@@ -169,8 +169,9 @@ class AdapterConfig:
     #: Bottleneck width b (None: d/4, the paper's 128 at d=512).
     bottleneck: Optional[int] = None
     activation: Literal["gelu", "relu"] = "gelu"
-    #: Dropout on the adapter branch (None: model.dropout, as the official code).
-    dropout: Optional[float] = None
+    #: Dropout on the adapter branch: 0 as the paper's formula (and the fused kernel); null = model.dropout,
+    #: as the official code's TransformerFFN-based adapters.
+    dropout: Optional[float] = 0.0
 
     def validate(self) -> list[str]:
         p = []

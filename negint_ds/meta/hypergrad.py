@@ -7,7 +7,8 @@ For the language i trained at a step, with θ the shared and φ the language-spe
     ∇φ_i F  = ∂φ_i F |_{θ'}  −  β ∇²_{φ_i,θ} L_train^i(θ, φ_i) · v,   v = ∇θ' F   (Eq. 4)
 
 ``exact`` differentiates through θ' (second-order autograd; attention uses the math SDPA kernel, the
-only one with a double backward). ``finite_difference`` replaces the mixed second derivative by a
+only one with a double backward, and adapters use the torch reference, not the fused kernel whose backward
+is not differentiable). ``finite_difference`` replaces the mixed second derivative by a
 central difference (Eq. 8, as DARTS):
 
     ∇²_{φ_i,θ} L_train^i · v ≈ (∇φ_i L_train^i(θ⁺, φ_i) − ∇φ_i L_train^i(θ⁻, φ_i)) / 2ε,
@@ -32,6 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..kernels import fd_hvp_reference as fd_ops
+from ..kernels import reference_only
 from ..mlm import MLMBatch
 
 ReduceMean = Callable[[list[torch.Tensor]], None]
@@ -191,7 +193,8 @@ def _changed_fraction(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> f
     return diff / max(1, sum(x.numel() for x in a))
 
 
-def _math_sdpa():
+def math_sdpa():
+    """Context that restricts ``scaled_dot_product_attention`` to the math kernel (twice differentiable)."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -212,7 +215,7 @@ def hypergradient_exact(model: nn.Module, theta_names: list[str], phi_names: lis
     uses the global-batch gradient with its dependence on φ_i intact.
     """
     params = dict(model.named_parameters())
-    with _math_sdpa():
+    with math_sdpa(), reference_only():  # double backward: math attention, torch (not fused) adapters
         theta = _leaves([params[n] for n in theta_names])
         phi = _leaves([params[n] for n in phi_names])
         over = {**dict(zip(theta_names, theta)), **dict(zip(phi_names, phi))}

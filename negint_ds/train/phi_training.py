@@ -18,6 +18,7 @@ import torch
 
 from ..config import ExperimentConfig
 from ..data.vocab import N_SPECIAL
+from ..kernels import fd_ops
 from ..meta import MetaInputs, hypergradient_exact, hypergradient_fd, mlm_loss
 from ..meta.val_batches import MetaValBatches
 from ..mlm import MLMBatch
@@ -102,7 +103,7 @@ class PhiTraining:
                 diff = lambda t: all_reduce(t) / self.world  # noqa: E731
             hg = hypergradient_exact(reduce_mean_differentiable=diff, **common)
         else:
-            hg = hypergradient_fd(fd_scale=m.fd_scale, **common)
+            hg = hypergradient_fd(fd_scale=m.fd_scale, ops=fd_ops(dev), **common)
         res = self.opt.step(lang, hg.grad, alpha)
         losses = torch.tensor([hg.train_loss, hg.val_loss], dtype=torch.float64, device=dev)
         self._reduce_mean([losses])  # logged as global-batch means, like the train loss

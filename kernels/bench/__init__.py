@@ -1,0 +1,1 @@
+"""Kernel benchmarks (GPU): speed and peak memory against eager and torch.compile, as ratios to the roofline."""
