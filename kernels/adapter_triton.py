@@ -71,7 +71,7 @@ def _adapter_fwd_kernel(x_ptr, wd_ptr, bd_ptr, wu_ptr, bu_ptr, y_ptr, T, D, B,
                         sx_m, sx_d, swd_b, swd_d, swu_d, swu_b, sy_m, sy_d,
                         ACT: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # T·d may exceed 2³¹
     row_mask = rows < T
     z = _down_projection(x_ptr, wd_ptr, bd_ptr, rows, row_mask, D, B, sx_m, sx_d, swd_b, swd_d,
                          BLOCK_M, BLOCK_K, BLOCK_B, PREC)
@@ -96,7 +96,7 @@ def _adapter_bwd_rows_kernel(x_ptr, dy_ptr, wd_ptr, bd_ptr, wu_ptr, dx_ptr, h_pt
                              sx_m, sx_d, sdy_m, sdy_d, swd_b, swd_d, swu_d, swu_b,
                              ACT: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                              BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # T·d may exceed 2³¹
     row_mask = rows < T
     cols_b = tl.arange(0, BLOCK_B)
     mask_b = cols_b < B
@@ -139,19 +139,29 @@ def _config(d: int, b: int) -> dict:
     return dict(BLOCK_M=block_m, BLOCK_K=64, BLOCK_B=block_b, BLOCK_N=64, num_warps=4 if block_b <= 128 else 8)
 
 
-def _check(x, w_down, b_down, w_up, b_up, activation):
+def unsupported(x, w_down, b_down, w_up, b_up, activation) -> str | None:
+    """Why the fused kernel cannot take these inputs, or None if it can (the single source of this rule)."""
     d, b = x.shape[-1], w_down.shape[0]
     if activation not in ("gelu", "relu"):
-        raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+        return f"activation must be 'gelu' or 'relu', got {activation!r}"
     if w_down.shape != (b, d) or w_up.shape != (d, b) or b_down.shape != (b,) or b_up.shape != (d,):
-        raise ValueError(f"adapter shapes do not match: x (..., {d}), w_down {tuple(w_down.shape)}, b_down "
-                         f"{tuple(b_down.shape)}, w_up {tuple(w_up.shape)}, b_up {tuple(b_up.shape)}")
+        return (f"adapter shapes do not match: x (..., {d}), w_down {tuple(w_down.shape)}, b_down "
+                f"{tuple(b_down.shape)}, w_up {tuple(w_up.shape)}, b_up {tuple(b_up.shape)}")
     if b > MAX_BOTTLENECK:
-        raise ValueError(f"fused adapter supports a bottleneck of at most {MAX_BOTTLENECK}, got {b}")
+        return f"fused adapter supports a bottleneck of at most {MAX_BOTTLENECK}, got {b}"
     if len({t.dtype for t in (x, w_down, b_down, w_up, b_up)}) != 1:
-        raise ValueError("fused adapter needs x and all weights in one dtype")
+        return "fused adapter needs x and all weights in one dtype"
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"fused adapter supports fp32, fp16 and bf16, got {x.dtype}")
+        return f"fused adapter supports fp32, fp16 and bf16, got {x.dtype}"
+    if len({t.device for t in (x, w_down, b_down, w_up, b_up)}) != 1:
+        return "fused adapter needs x and all weights on one device"
+    return None
+
+
+def _check(x, w_down, b_down, w_up, b_up, activation):
+    why = unsupported(x, w_down, b_down, w_up, b_up, activation)
+    if why is not None:
+        raise ValueError(why)
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -159,7 +169,10 @@ def _prec(dtype: torch.dtype) -> str:
 
 
 def adapter_forward(x2: torch.Tensor, w_down, b_down, w_up, b_up, activation: str) -> torch.Tensor:
-    """Launch the forward kernel on x2 (T, d); returns y (T, d) contiguous."""
+    """Launch the forward kernel on a 2-D x2 (T, d) already accepted by :func:`unsupported`.
+
+    Returns y (T, d), contiguous, x2's dtype. Runs on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
+    """
     T, d = x2.shape
     b = w_down.shape[0]
     y = torch.empty((T, d), dtype=x2.dtype, device=x2.device)
@@ -172,7 +185,8 @@ def adapter_forward(x2: torch.Tensor, w_down, b_down, w_up, b_up, activation: st
 
 
 def adapter_backward(x2, dy2, w_down, b_down, w_up, activation: str):
-    """Launch the backward: (dx, dW_down, db_down, dW_up, db_up) for x2, dy2 of shape (T, d)."""
+    """Launch the backward for 2-D x2, dy2 (T, d): returns (dx (T, d), dW_down (b, d), db_down (b,),
+    dW_up (d, b), db_up (d,)), all in x2's dtype (fp32 accumulation inside)."""
     T, d = x2.shape
     b = w_down.shape[0]
     dx = torch.empty((T, d), dtype=x2.dtype, device=x2.device)

@@ -30,21 +30,26 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return sq.sum().sqrt()
 
 
-def perturb(theta: Sequence[torch.Tensor], v: Sequence[torch.Tensor], alpha: float | torch.Tensor) -> list[torch.Tensor]:
-    """New tensors θ_k + α·v_k (:func:`acc_dtype` arithmetic, result in θ_k's dtype); ``alpha`` float or 0-d.
+def perturb(theta: Sequence[torch.Tensor], v: Sequence[torch.Tensor], alpha: float | torch.Tensor,
+            out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """θ_k + α·v_k (:func:`acc_dtype` arithmetic, result in θ_k's dtype); ``alpha`` float or 0-d tensor.
+
+    Written into ``out`` when given (so θ⁺ and θ⁻ can share one set of buffers), else new tensors.
 
     Raises:
         ValueError: the lists differ in length or a pair differs in shape.
     """
-    if len(theta) != len(v):
-        raise ValueError(f"perturb: {len(theta)} θ tensors but {len(v)} direction tensors")
-    out = []
-    for t, d in zip(theta, v):
+    if len(theta) != len(v) or (out is not None and len(out) != len(theta)):
+        raise ValueError(f"perturb: {len(theta)} θ tensors but {len(v)} direction tensors"
+                         + (f" and {len(out)} outputs" if out is not None else ""))
+    res = []
+    for k, (t, d) in enumerate(zip(theta, v)):
         if t.shape != d.shape:
             raise ValueError(f"perturb: shape {tuple(t.shape)} vs {tuple(d.shape)}")
         a = acc_dtype(t.dtype)
-        out.append((t.detach().to(a) + alpha * d.to(a)).to(t.dtype))
-    return out
+        val = (t.detach().to(a) + alpha * d.to(a)).to(t.dtype)
+        res.append(out[k].copy_(val) if out is not None else val)
+    return res
 
 
 def combine(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.Tensor | None],

@@ -11,7 +11,8 @@ base address is passed as an int64 and cast to a typed pointer in the kernel. Ar
   of buffers; θ is only read, so it is exactly what it was before.
 * ``combine(direct, g_plus, g_minus, beta, eps)``: direct − β (g⁺ − g⁻) / 2ε.
 
-Tensors must be contiguous and on one device; lists of mixed dtypes are launched once per dtype group.
+Tensors must be contiguous and all on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``); lists
+of mixed dtypes are launched once per dtype group.
 """
 from __future__ import annotations
 

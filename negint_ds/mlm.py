@@ -31,12 +31,9 @@ class MLMBatch:
     targets: torch.Tensor
 
     def to(self, device: torch.device | str) -> "MLMBatch":
+        """The same batch on ``device`` (asynchronous copies from pinned memory)."""
         return MLMBatch(*(t.to(device, non_blocking=True) for t in
                           (self.input_ids, self.lang_ids, self.pred_positions, self.targets)))
-
-    @property
-    def n_tokens(self) -> int:
-        return self.input_ids.numel()
 
 
 def mask_tokens(tokens: torch.Tensor, cfg: MLMConfig, vocab_size: int, mask_id: int, n_special: int,

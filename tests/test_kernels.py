@@ -103,6 +103,21 @@ def test_bad_inputs_are_refused():
         bottleneck_adapter_triton(x.half(), wd, bd, wu, bu)
 
 
+def test_self_check_runs_under_no_grad_and_falls_back_on_a_wrong_kernel(monkeypatch, caplog):
+    import negint_ds.kernels.adapter_triton as at
+
+    x, wd, *_ = inputs(8, 24, 6, torch.float32)
+    monkeypatch.setenv("NEGINT_DS_KERNELS", "auto")
+    monkeypatch.setattr(dispatch, "_verified", {})
+    with torch.no_grad():  # the first call of a run comes from evaluation
+        assert dispatch._adapter_ok(x, wd, "gelu")
+    monkeypatch.setattr(dispatch, "_verified", {})
+    monkeypatch.setattr(at, "bottleneck_adapter_triton", lambda *a: bottleneck_adapter_reference(*a) * 1.01)
+    with torch.no_grad():
+        assert not dispatch._adapter_ok(x, wd, "gelu")
+    assert "disagrees with the reference" in caplog.text
+
+
 def test_dispatch_modes(monkeypatch):
     x, *w = inputs(8, 16, 4, torch.float32)
     monkeypatch.setenv("NEGINT_DS_KERNELS", "torch")

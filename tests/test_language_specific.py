@@ -85,6 +85,10 @@ def test_phi_save_load_and_swap(tmp_path):
     assert all(bool((p == 1.0).all()) for p in s2.phi[2].values())
     with pytest.raises(ValueError, match="'fr' not in"):
         load_phi(m2, path, langs, {"sw": "fr"})
+    assert load_phi(m2, path, langs, {}) == [], "an explicit empty mapping loads nothing"
+    m3 = model(adapters=AdapterConfig(kind="language"), language_specific=["ln"])
+    with pytest.raises(ValueError, match="lacks .* φ tensors"):
+        load_phi(m3, path, langs, {"en": "en"})
 
 
 def test_language_optimizer_steps_only_the_active_language():

@@ -65,8 +65,9 @@ def test_refuses_foreign_directory(corpus_dir, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "precious.txt").write_text("mine")
     path = write_recipe(str(tmp_path / "r.yaml"), recipe(corpus_dir, str(tmp_path / "data")))
-    with pytest.raises(DataPrepError, match="not a negint_ds data directory"):
-        prepare_data(load_experiment(path).data, progress=False)
+    for overwrite in (False, True):  # --overwrite never deletes what prepare did not make
+        with pytest.raises(DataPrepError, match="not a negint_ds data directory"):
+            prepare_data(load_experiment(path).data, overwrite=overwrite, progress=False)
     assert (tmp_path / "data" / "precious.txt").read_text() == "mine"
 
 

@@ -17,18 +17,31 @@ def test_run_dir_rules(tmp_path):
     rd.check(resume=False, overwrite=False)  # fresh: fine
     with pytest.raises(RunDirError, match="holds no run"):
         rd.check(resume=True, overwrite=False)
-    rd.create(overwrite=False)
-    open(rd.config, "w").write("name: x\n")
+    rd.create(overwrite=False, config_yaml="name: x\n", ds_config={"train_batch_size": 8})
+    assert rd.is_run(), "a run directory holds its configs from the moment it exists"
     with pytest.raises(RunDirError, match="already exists"):
         rd.check(resume=False, overwrite=False)
     rd.check(resume=True, overwrite=False)
+    rd.check(resume=False, overwrite=True)
     with pytest.raises(RunDirError, match="contradict"):
         rd.check(resume=True, overwrite=True)
 
 
+def test_overwrite_never_deletes_what_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="does not look like a negint_ds run directory"):
+        RunDir(str(tmp_path)).check(resume=False, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+    rd = RunDir(str(tmp_path / "run"))
+    rd.create(overwrite=False, config_yaml="name: x\n", ds_config={})
+    (tmp_path / "run" / "old.txt").write_text("old run")
+    rd.create(overwrite=True, config_yaml="name: y\n", ds_config={})
+    assert not (tmp_path / "run" / "old.txt").exists() and open(rd.config).read() == "name: y\n"
+
+
 def test_commit_keeps_newest_and_prunes(tmp_path):
     rd = RunDir(str(tmp_path / "run"))
-    rd.create(overwrite=False)
+    rd.create(overwrite=False, config_yaml="name: x\n", ds_config={})
     for step in (10, 20, 30, 40):
         os.makedirs(os.path.join(rd.checkpoints, f"step_{step}"))
         rd.commit_checkpoint(f"step_{step}", step, keep=2)

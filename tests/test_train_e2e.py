@@ -47,6 +47,7 @@ def test_tiny_run_trains_and_reports(trained):
     assert latest["tag"] == "step_00000040" and [h["step"] for h in latest["history"]] == [20, 40]
     final = json.load(open(os.path.join(run, "final_ppl.json")))
     assert final["step"] == 40 and final["valid"]["en"]["ppl"] == pytest.approx(valid[-1]["ppl_en"])
+    assert json.load(open(os.path.join(run, "export", "model.json")))["weights_source"] == "fp32 training"
 
 
 def test_export_reloads_into_a_plain_model(trained, tiny_data):
@@ -67,8 +68,8 @@ def test_export_reloads_into_a_plain_model(trained, tiny_data):
     total, n = 0.0, 0
     s = open_binarized(os.path.join(tiny_data["data_dir"], man["languages"]["sw"]["splits"]["valid"]["file"]))
     with torch.no_grad():
-        for b in eval_batches(s, 1, cfg["train"]["seq_len"], cfg["train"]["eval_sequences"], 8, 0, 1, MLMConfig(),
-                              info["vocab_size"], info["mask_id"], 5, cfg["train"]["seed"]):
+        for b, _ in eval_batches(s, 1, cfg["train"]["seq_len"], cfg["train"]["eval_sequences"], 8, 0, 1, MLMConfig(),
+                                 info["vocab_size"], info["mask_id"], 5, cfg["train"]["seed"]):
             total += float(model(b.input_ids, b.lang_ids, b.pred_positions, b.targets)) * b.targets.numel()
             n += b.targets.numel()
     assert torch.tensor(total / n).exp().item() == pytest.approx(final["valid"]["sw"]["ppl"], rel=1e-4)

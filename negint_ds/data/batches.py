@@ -30,6 +30,11 @@ class DataError(ValueError):
     """The data cannot feed the configured batches (e.g. a language has too little text for seq_len)."""
 
 
+def min_stream_tokens(seq_len: int) -> int:
+    """Fewest tokens a stream needs for :class:`WindowSampler` (one window at every epoch offset)."""
+    return 2 * seq_len - 1
+
+
 class WindowSampler:
     """Windows of ``seq_len`` tokens over one language's train stream, reshuffled every epoch.
 
@@ -43,9 +48,9 @@ class WindowSampler:
 
     def __init__(self, stream: TokenStream, seq_len: int, seed: int, lang_index: int, name: str = ""):
         n_tok = stream.num_tokens
-        if n_tok < 2 * seq_len - 1:
+        if n_tok < min_stream_tokens(seq_len):
             raise DataError(f"{name or stream.path}: {n_tok} train tokens is too few for seq_len={seq_len} "
-                            f"(need >= {2 * seq_len - 1})")
+                            f"(need >= {min_stream_tokens(seq_len)})")
         self.tokens, self.seq_len = stream.tokens, seq_len
         self.n = (n_tok - (seq_len - 1)) // seq_len
         self.seed, self.lang_index = seed, lang_index
@@ -115,13 +120,13 @@ class TrainBatches:
 
 def eval_batches(stream: TokenStream, lang_index: int, seq_len: int, max_sequences: int | None, batch_size: int,
                  rank: int, world_size: int, mlm: MLMConfig, vocab_size: int, mask_id: int, n_special: int,
-                 seed: int) -> list[MLMBatch | None]:
-    """This rank's validation micro-batches for one language.
+                 seed: int) -> list[tuple[MLMBatch, bool]]:
+    """This rank's validation micro-batches for one language, as (batch, counts) pairs.
 
     Windows are contiguous from the stream's start; window w is masked with seed (seed, "eval", lang, w)
     independently of batching, so scores do not depend on batch size or world size. Every rank gets the
-    same number of entries (``None`` pads ranks with fewer windows), because ZeRO-3 needs all ranks to run
-    the same number of forwards.
+    same number of entries, because ZeRO-3 needs all ranks to run the same number of forwards: a rank
+    with fewer windows pads with window 0, flagged ``counts=False`` (run, but not scored).
 
     Raises:
         DataError: the valid stream is shorter than one window.
@@ -132,23 +137,22 @@ def eval_batches(stream: TokenStream, lang_index: int, seq_len: int, max_sequenc
                         f"use a larger data.split.valid_fraction or a shorter train.seq_len")
     if max_sequences is not None:
         n = min(n, max_sequences)
-    mine = list(range(rank, n, world_size))
-    per_rank = -(-n // world_size)
-    n_batches = -(-per_rank // batch_size)
-    out: list[MLMBatch | None] = []
-    for b in range(n_batches):
-        ws = mine[b * batch_size:(b + 1) * batch_size]
-        if not ws:
-            out.append(None)
-            continue
+
+    def make(windows: list[int]) -> MLMBatch:
         ids, pos, tgt = [], [], []
-        for row, w in enumerate(ws):
+        for row, w in enumerate(windows):
             tok = torch.from_numpy(np.asarray(stream.tokens[w * seq_len:(w + 1) * seq_len], dtype=np.int64))[None]
             g = torch.Generator().manual_seed(derive_seed(seed, "eval", lang_index, w))
             i, p, t = mask_tokens(tok, mlm, vocab_size, mask_id, n_special, g)
             ids.append(i)
             pos.append(p + row * seq_len)
             tgt.append(t)
-        out.append(MLMBatch(torch.cat(ids), torch.full((len(ws),), lang_index, dtype=torch.int64),
-                            torch.cat(pos), torch.cat(tgt)))
-    return out
+        return MLMBatch(torch.cat(ids), torch.full((len(windows),), lang_index, dtype=torch.int64), torch.cat(pos),
+                        torch.cat(tgt))
+
+    mine = list(range(rank, n, world_size))
+    n_batches = -(-(-(-n // world_size)) // batch_size)
+    out = [(make(mine[b * batch_size:(b + 1) * batch_size]), True) for b in range(n_batches)
+           if mine[b * batch_size:(b + 1) * batch_size]]
+    padding = make([0])
+    return out + [(padding, False)] * (n_batches - len(out))

@@ -68,13 +68,17 @@ def write_binarized(path: str, sentences: Sequence[Sequence[int]], eos_id: int, 
     prefix = MAGIC + struct.pack("<I", len(hbytes)) + hbytes
     pad = (-len(prefix)) % DATA_ALIGN
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(prefix + b"\0" * pad)
-        f.write(tokens.tobytes())
-        f.write(offsets.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(prefix + b"\0" * pad)
+            f.write(tokens.tobytes())
+            f.write(offsets.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return header
 
 

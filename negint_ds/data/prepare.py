@@ -32,7 +32,7 @@ from .clean import Cleaner
 from .sources import CorpusError, source_for
 from .split import SPLITS, split_documents, subsample
 from .stats import csv_table, markdown_table
-from .vocab import EOS_ID, N_SPECIAL, train_vocabulary
+from .vocab import EOS_ID, N_SPECIAL, UNK_ID, train_vocabulary
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -73,11 +73,13 @@ def prepare_data(cfg: DataConfig, overwrite: bool = False, progress: bool = True
     if existing is not None and existing.get("fingerprint") == fp and not overwrite:
         log.info("data in %s is up to date (fingerprint %s); nothing to do", cfg.dir, fp[:12])
         return existing
-    if os.path.exists(cfg.dir) and os.listdir(cfg.dir) and not overwrite:
-        why = ("was prepared from a different data config" if existing is not None
-               else "exists and is not a negint_ds data directory")
-        raise DataPrepError(f"{cfg.dir} {why}; refusing to overwrite it. Choose another data.dir "
-                            f"(--set data.dir=...) or pass --overwrite to replace it")
+    if os.path.exists(cfg.dir) and (not os.path.isdir(cfg.dir) or os.listdir(cfg.dir)):
+        if existing is None:  # never delete what we did not make, --overwrite or not
+            raise DataPrepError(f"{cfg.dir} exists and is not a negint_ds data directory (no manifest.json); "
+                                f"refusing to touch it. Choose another data.dir (--set data.dir=...)")
+        if not overwrite:
+            raise DataPrepError(f"{cfg.dir} was prepared from a different data config; refusing to overwrite it. "
+                                f"Choose another data.dir (--set data.dir=...) or pass --overwrite to replace it")
 
     parent = os.path.dirname(os.path.abspath(cfg.dir))
     os.makedirs(parent, exist_ok=True)
@@ -139,7 +141,7 @@ def _build(cfg: DataConfig, fp: str, work: str, progress: bool) -> dict:
             ids = vocab.encode([d.text for d in sp[name]])
             fname = f"{lang_id}.{name}.bin"
             h = write_binarized(os.path.join(work, fname), ids, EOS_ID, vocab.size, vocab.sha256, lang_id, name)
-            unk = sum(t == 1 for s in ids for t in s)
+            unk = sum(t == UNK_ID for s in ids for t in s)
             lang_info[lang_id]["splits"][name] = {
                 "file": fname, "sentences": h["num_sentences"], "tokens": h["num_tokens"] - h["num_sentences"],
                 "unk_tokens": int(unk), "sha256": h["sha256"]}

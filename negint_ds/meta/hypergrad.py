@@ -65,6 +65,8 @@ class Hypergradient:
         changed_fraction: share of θ elements that θ⁺ = θ + εv changes after rounding to the parameters'
             dtype (near 1 means the perturbation is representable; near 0 in bf16/fp16 with a small ε
             means the difference quotient measures rounding, not curvature). None for fp32/fp64.
+        virtual_changed_fraction: the same for the virtual step θ' = θ − βg: with β ≈ the learning rate,
+            bf16 rounds most of it away, so the direct term ∂φF is then taken at ≈ θ rather than θ'.
     """
 
     grad: list[torch.Tensor]
@@ -73,6 +75,7 @@ class Hypergradient:
     v_norm: float
     eps: float | None = None
     changed_fraction: float | None = None
+    virtual_changed_fraction: float | None = None
 
 
 def _noop(_: list[torch.Tensor]) -> None:
@@ -80,7 +83,17 @@ def _noop(_: list[torch.Tensor]) -> None:
 
 
 def mlm_loss(model: nn.Module, overrides: dict[str, torch.Tensor], batch: MLMBatch, lang: int) -> torch.Tensor:
-    """Mean MLM loss of ``model`` with some parameters replaced by ``overrides`` (tied weights follow)."""
+    """Mean MLM loss of ``model`` with some parameters replaced by ``overrides`` (tied weights follow).
+
+    Args:
+        model: a :class:`~negint_ds.model.MaskedLM`; its own parameters are not modified.
+        overrides: parameter name → tensor of that parameter's shape (and dtype), e.g. θ' or φ_i leaves.
+        batch: one micro-batch on the model's device, every row of language ``lang``.
+        lang: language index (routes the language-specific modules).
+
+    Returns:
+        0-d loss tensor (nats per predicted token).
+    """
     return functional_call(model, overrides, (batch.input_ids, batch.lang_ids, batch.pred_positions, batch.targets),
                            {"lang": lang}, tie_weights=True, strict=False)
 
@@ -107,7 +120,12 @@ def _call(hook: BeforeForward | None, phase: str, lang: int, micro: int) -> None
 
 def train_grad_theta(model: nn.Module, theta_names: list[str], lang: int, batches: list[MLMBatch], scale: float = 1.0,
                      before_forward: BeforeForward | None = None) -> tuple[list[torch.Tensor], float]:
-    """g = ∇θ L_train^i(θ, φ_i) over this rank's micro-batches (mean), fp32, still multiplied by ``scale``."""
+    """g = ∇θ L_train^i(θ, φ_i), the mean over this rank's micro-batches (not yet averaged over ranks).
+
+    Returns:
+        (one gradient per θ tensor in ``theta_names`` order — fp32, fp64 for an fp64 model — still
+        multiplied by ``scale``; this rank's mean train loss in nats).
+    """
     params = dict(model.named_parameters())
     theta = _leaves([params[n] for n in theta_names])
     g, loss_sum = _zeros(theta), torch.zeros((), device=theta[0].device)
@@ -148,6 +166,8 @@ def hypergradient_fd(model: nn.Module, theta_names: list[str], phi_names: list[s
     reduce_mean(g)
     theta_prime = ops.perturb(theta, g, -beta / scale)  # θ' = θ − β g
     del g
+    low_precision = theta[0].dtype in (torch.float16, torch.bfloat16)
+    virtual_changed = _changed_fraction(theta, theta_prime) if low_precision else None
 
     v, direct = _zeros(theta), _zeros(phi)
     val_loss = torch.zeros((), device=theta[0].device)
@@ -163,17 +183,18 @@ def hypergradient_fd(model: nn.Module, theta_names: list[str], phi_names: list[s
             _acc(direct, grads[len(tp):])
             val_loss = val_loss + loss.detach() * (w / scale)
     val_loss = float(val_loss)
-    del tp, theta_prime
+    del tp
     reduce_mean(v)
     v_norm = float(ops.global_norm(v)) / scale
     if v_norm == 0.0:
         reduce_mean(direct)
-        return Hypergradient([d / scale for d in direct], train_loss, val_loss, 0.0, 0.0, None)
+        return Hypergradient([d / scale for d in direct], train_loss, val_loss, 0.0, 0.0, None, virtual_changed)
     eps = fd_scale / v_norm  # ε = c/‖v‖ with v unscaled; the scaled v needs ε/scale
     probes, changed = [], None
+    theta_pm = theta_prime  # θ' is no longer needed: its buffers hold θ⁺, then θ⁻
     for sign in (1.0, -1.0):
-        theta_pm = ops.perturb(theta, v, sign * eps / scale)
-        if sign > 0 and theta[0].dtype in (torch.float16, torch.bfloat16):
+        ops.perturb(theta, v, sign * eps / scale, out=theta_pm)
+        if sign > 0 and low_precision:
             changed = _changed_fraction(theta, theta_pm)
         acc = _zeros(phi)
         for m, mb in enumerate(inputs.train):
@@ -182,15 +203,16 @@ def hypergradient_fd(model: nn.Module, theta_names: list[str], phi_names: list[s
             loss = mlm_loss(model, {**dict(zip(theta_names, theta_pm)), **dict(zip(phi_names, ph))}, mb, lang)
             _acc(acc, torch.autograd.grad(loss * (scale / len(inputs.train)), ph, allow_unused=True))
         probes.append(acc)
-        del theta_pm  # one perturbed copy of θ alive at a time
+    del theta_pm, theta_prime
     grad = ops.combine(direct, probes[0], probes[1], beta, eps)
     reduce_mean(grad)
-    return Hypergradient([t / scale for t in grad], train_loss, val_loss, v_norm, eps, changed)
+    return Hypergradient([t / scale for t in grad], train_loss, val_loss, v_norm, eps, changed, virtual_changed)
 
 
 def _changed_fraction(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    diff = sum(int((x != y).sum()) for x, y in zip(a, b))
-    return diff / max(1, sum(x.numel() for x in a))
+    """Share of elements that differ between two lists of same-shaped tensors (one host sync)."""
+    diff = torch.stack([(x != y).sum() for x, y in zip(a, b)]).sum()
+    return float(diff) / max(1, sum(x.numel() for x in a))
 
 
 def math_sdpa():
@@ -210,9 +232,16 @@ def hypergradient_exact(model: nn.Module, theta_names: list[str], phi_names: lis
                         ) -> Hypergradient:
     """∇φ_i F by differentiating through θ' (second order; the reference for :func:`hypergradient_fd`).
 
-    Args: as :func:`hypergradient_fd`; ``reduce_mean_differentiable`` averages one tensor over ranks
-    inside the autograd graph (``torch.distributed.nn.functional.all_reduce`` / world size) so that θ'
-    uses the global-batch gradient with its dependence on φ_i intact.
+    Args:
+        model, theta_names, phi_names, lang, inputs, beta, reduce_mean, scale, before_forward: as
+            :func:`hypergradient_fd`.
+        reduce_mean_differentiable: averages one tensor over ranks inside the autograd graph
+            (``torch.distributed.nn.functional.all_reduce(t) / world``), so θ' uses the global-batch
+            gradient with its dependence on φ_i intact; a collective whose backward is one too, so every
+            rank must run this function. None on one process.
+
+    Returns:
+        :class:`Hypergradient` with ``v_norm`` NaN and no ε (nothing is differenced).
     """
     params = dict(model.named_parameters())
     with math_sdpa(), reference_only():  # double backward: math attention, torch (not fused) adapters
@@ -249,6 +278,12 @@ def meta_objective(model: nn.Module, theta_names: list[str], phi_names: list[str
     """F(φ_i) for given φ_i values (one process, no loss scale): the quantity both hypergradients differentiate.
 
     Used as a brute-force check: (F(φ + δu) − F(φ − δu)) / 2δ must equal ⟨∇φ_i F, u⟩.
+
+    Args:
+        phi_values: one tensor per name in ``phi_names``; the other arguments as :func:`hypergradient_fd`.
+
+    Returns:
+        F in nats (a Python float).
     """
     params = dict(model.named_parameters())
     phi_over = dict(zip(phi_names, phi_values))

@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     error = None
     try:
         prep = prepare_run(args, world)
-    except USER_ERRORS as e:
+    except Exception as e:  # agreed on below, so that no rank is left waiting in a collective
         error = e
     # Every rank checks before any rank writes; they must agree, or a slow rank would see the run
     # directory that a fast rank has just created and refuse it.
     first_bad = first_failing_rank(error is not None, rank, world)
     if first_bad is not None:
+        if error is not None and not isinstance(error, USER_ERRORS):
+            raise error  # a bug or an I/O failure: keep the traceback
         if rank == first_bad:
             print(f"error: {error}", file=sys.stderr)
         return 2

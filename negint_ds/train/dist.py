@@ -20,7 +20,18 @@ def init_distributed() -> tuple[int, int]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     port = int(os.environ.get("MASTER_PORT", "29500"))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port)
+    if torch.cuda.is_available():
+        # before any collective: NCCL needs each local rank on its own GPU (DeepSpeed sets it only later,
+        # in deepspeed.initialize); LOCAL_RANK comes from the launcher or from DeepSpeed's MPI discovery
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return dist.get_rank(), dist.get_world_size()
+
+
+def collective_device() -> torch.device:
+    """Where small collective tensors live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def local_world_size(world_size: int) -> int:
@@ -48,15 +59,39 @@ def first_failing_rank(failed: bool, rank: int, world_size: int) -> int | None:
     """The lowest rank that reported ``failed`` (None if none did); a collective: every rank must call it."""
     if world_size <= 1 or not dist.is_initialized():
         return rank if failed else None
-    t = torch.tensor([rank if failed else world_size], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([rank if failed else world_size], dtype=torch.int64, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     v = int(t.item())
     return v if v < world_size else None
 
 
+def on_rank0(fn, rank: int, world_size: int):
+    """Run ``fn`` on rank 0 only (file writes), then let every rank learn whether it failed.
+
+    A collective: call it on all ranks. Without it, an exception on rank 0 (disk full, permissions)
+    would leave the other ranks waiting in the next collective until the backend's timeout.
+
+    Returns:
+        ``fn()``'s result on rank 0, None elsewhere.
+
+    Raises:
+        The exception on rank 0; RuntimeError on the other ranks when rank 0 failed.
+    """
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, after every rank knows
+            error = e
+    if first_failing_rank(error is not None, rank, world_size) is not None:
+        if error is not None:
+            raise error
+        raise RuntimeError("rank 0 failed while writing to the run directory (see its error); stopping")
+    return result
+
+
 def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
     if dist.is_initialized():
         dist.barrier()
 
@@ -69,16 +104,27 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int) -> None:
-    """Average tensors over all ranks in place with one collective per dtype (no-op for one process)."""
+def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_elements: int = 1 << 24) -> None:
+    """Average tensors over all ranks in place (no-op for one process).
+
+    Tensors are flattened into buckets of at most ``bucket_elements`` per dtype, one collective per bucket,
+    so a θ-sized list (the meta step's g and v) costs one extra bucket of memory, not a second copy of θ.
+    """
     if world_size <= 1 or not tensors:
         return
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    buckets: list[list[torch.Tensor]] = []
+    open_bucket: dict[torch.dtype, tuple[list[torch.Tensor], list[int]]] = {}
     for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for group in by_dtype.values():
+        group, size = open_bucket.setdefault(t.dtype, ([], [0]))
+        if group and size[0] + t.numel() > bucket_elements:
+            buckets.append(group)
+            group, size = open_bucket[t.dtype] = ([], [0])
+        group.append(t)
+        size[0] += t.numel()
+    buckets += [g for g, _ in open_bucket.values() if g]
+    for group in buckets:
         flat = _flatten_dense_tensors(group)
         dist.all_reduce(flat)
         flat /= world_size

@@ -10,14 +10,17 @@ from .dist import all_reduce_sum
 
 
 @torch.no_grad()
-def evaluate(engine, batches_by_lang: dict[str, list[MLMBatch | None]]) -> dict[str, dict[str, float]]:
+def evaluate(engine, batches_by_lang: dict[str, list[tuple[MLMBatch, bool]]]) -> dict[str, dict[str, float]]:
     """Score every language's fixed validation batches with the model in eval mode (no dropout).
+
+    A collective: every rank must call it with the same number of batches per language.
 
     Args:
         engine: DeepSpeed engine (or any callable module taking ``MLMBatch`` fields and returning mean loss).
         batches_by_lang: from :func:`~negint_ds.data.batches.eval_batches`, in language-index order (every
-            batch holds one language, so language-specific modules run on it whole); ``None`` entries are padding
-            for ranks with fewer windows: they run a forward (ZeRO-3 gathers need every rank) with weight 0.
+            batch holds one language, so language-specific modules run on it whole); entries with
+            ``counts=False`` pad ranks with fewer windows: they run (ZeRO-3 gathers need every rank) but
+            are not scored.
 
     Returns:
         ``{lang: {"loss": mean nats per predicted token, "ppl": exp(loss), "tokens": predicted tokens}}``
@@ -30,11 +33,10 @@ def evaluate(engine, batches_by_lang: dict[str, list[MLMBatch | None]]) -> dict[
         for index, (lang, batches) in enumerate(batches_by_lang.items()):
             total = torch.zeros((), dtype=torch.float64, device=device)
             count = 0
-            real = next((b for b in batches if b is not None), None)
-            for b in batches:
-                mb = (b if b is not None else real).to(device)
+            for b, counts in batches:
+                mb = b.to(device)
                 loss = engine(mb.input_ids, mb.lang_ids, mb.pred_positions, mb.targets, lang=index)
-                if b is not None:
+                if counts:
                     total += loss.double() * mb.targets.numel()
                     count += mb.targets.numel()
             s, n = all_reduce_sum([float(total), float(count)], device)

@@ -70,6 +70,7 @@ class PhiTraining:
             self.train_opt = None
         self.theta_names = [n for n, q in engine.module.named_parameters() if q.requires_grad]
         self.stats: dict = {}
+        self._grad_acc: list[torch.Tensor] | None = None
         if self.meta is not None:
             tc, m = cfg.train, self.meta
             streams = prep.valid_streams if m.val_source == "valid" else prep.train_streams
@@ -78,13 +79,21 @@ class PhiTraining:
                                       cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL, tc.seed, cfg.lang_ids)
 
     def meta_due(self, step: int) -> bool:
+        """Whether ``step`` has a meta (φ) update (every ``meta.every`` steps)."""
         return self.meta is not None and step % self.meta.every == 0
 
     def _reduce_mean(self, tensors: list[torch.Tensor]) -> None:
         all_reduce_mean_(tensors, self.world)
 
     def meta_update(self, step: int, lang: int, batches: list[MLMBatch], lr: float, seed_hook) -> dict:
-        """Algorithm 1's φ step for language ``lang``: φ_i ← φ_i − α ∇φ_i (1/|S|) Σ_j L_val^j(θ', φ_j)."""
+        """Algorithm 1's φ step for language ``lang``: φ_i ← φ_i − α ∇φ_i (1/|S|) Σ_j L_val^j(θ', φ_j).
+
+        A collective: every rank must call it (gradients and statistics are averaged over ranks).
+
+        Returns:
+            statistics: meta_train_loss, meta_val_loss (global means, nats), phi_grad_norm, phi_step_skipped,
+            v_norm, fd_eps, fd_changed_fraction, virtual_changed_fraction (None where not applicable).
+        """
         m, dev = self.meta, self.engine.device
         beta = lr if m.beta is None else m.beta
         alpha = lr if m.alpha is None else m.alpha
@@ -110,7 +119,8 @@ class PhiTraining:
         train_loss, val_loss = losses.tolist()
         self.stats = {"meta_train_loss": train_loss, "meta_val_loss": val_loss, "phi_grad_norm": res["grad_norm"],
                       "phi_step_skipped": float(res["skipped"]), "v_norm": hg.v_norm, "fd_eps": hg.eps,
-                      "fd_changed_fraction": hg.changed_fraction}
+                      "fd_changed_fraction": hg.changed_fraction,
+                      "virtual_changed_fraction": hg.virtual_changed_fraction}
         return self.stats
 
     def train_leaves(self, lang: int) -> dict[str, torch.Tensor] | None:
@@ -123,24 +133,38 @@ class PhiTraining:
         """The train loss through ``engine.module`` with φ_lang replaced by ``leaves``."""
         return mlm_loss(self.engine.module, leaves, mb, lang)
 
-    def apply_train_grads(self, lang: int, leaves: dict[str, torch.Tensor], lr: float, scale: float) -> None:
-        """Average φ_lang's train-loss gradients over ranks, remove the loss scale, step φ_lang.
+    def accumulate(self, leaves: dict[str, torch.Tensor]) -> None:
+        """Move the micro-batch's φ gradients from the leaves (module dtype) into fp32 accumulators."""
+        if self._grad_acc is None:
+            self._grad_acc = [torch.zeros(t.shape, dtype=torch.promote_types(t.dtype, torch.float32), device=t.device)
+                              for t in leaves.values()]
+        for acc, t in zip(self._grad_acc, leaves.values()):
+            if t.grad is not None:
+                acc += t.grad
+                t.grad = None
 
-        Skipped when DeepSpeed skipped the θ step (fp16 overflow), so θ and φ stay in step.
+    def apply_train_grads(self, lang: int, leaves: dict[str, torch.Tensor], lr: float, scale: float) -> None:
+        """Average φ_lang's accumulated train-loss gradients over ranks, remove the loss scale, step φ_lang.
+
+        A collective (all ranks). Skipped when DeepSpeed skipped the θ step (fp16 overflow), so θ and φ
+        stay in step.
         """
-        grads = [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves.values()]
-        grads = [g.float() for g in grads]
+        self.accumulate(leaves)
+        grads, self._grad_acc = self._grad_acc, None
         self._reduce_mean(grads)
         if not self.engine.was_step_applied():
             return
         res = self.train_opt.step(lang, [g / scale for g in grads], lr)
-        self.stats.setdefault("phi_train_grad_norm", res["grad_norm"])
+        self.stats["phi_train_grad_norm"] = res["grad_norm"]
 
     def state_dict(self) -> dict:
+        """φ's masters and AdamW state(s) for a checkpoint (masters once, even with two optimisers)."""
+        second = self.train_opt not in (None, self.opt)
         return {"opt": self.opt.state_dict(),
-                "train_opt": self.train_opt.state_dict() if self.train_opt not in (None, self.opt) else None}
+                "train_opt": self.train_opt.state_dict(include_masters=False) if second else None}
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restore :meth:`state_dict` and write φ's masters into the module."""
         self.opt.load_state_dict(sd["opt"])
         if sd.get("train_opt") is not None and self.train_opt not in (None, self.opt):
             self.train_opt.load_state_dict(sd["train_opt"])

@@ -63,4 +63,5 @@ class Prefetcher:
         return lang, mbs
 
     def close(self) -> None:
+        """Stop producing batches (the worker thread exits at its next queue wait)."""
         self._halt.set()

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, atomic_write_text
 
 
 class RunDirError(RuntimeError):
@@ -61,13 +61,28 @@ class RunDir:
             what = f"a checkpoint at step {latest['step']}" if latest else "files"
             raise RunDirError(f"run directory {self.root} already exists and holds {what}; pass --resume to "
                               f"continue it, --overwrite to delete it and start over, or choose another --run_dir")
+        if overwrite and self.exists() and not self.is_run():
+            raise RunDirError(f"--overwrite refuses to delete {self.root}: it does not look like a negint_ds run "
+                              f"directory (no config.yaml); delete it yourself or choose another --run_dir")
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise RunDirError(f"--run_dir {self.root} is a file, not a directory")
 
-    def create(self, overwrite: bool) -> None:
-        """Make the directory (rank 0 only), deleting an existing one when ``overwrite`` was asked."""
-        if overwrite and os.path.exists(self.root):
+    def is_run(self) -> bool:
+        """True if the directory was made by a run (every run writes config.yaml as soon as it exists)."""
+        return os.path.isfile(self.config)
+
+    def create(self, overwrite: bool, config_yaml: str, ds_config: dict) -> None:
+        """Make the directory with its configs (rank 0), replacing an earlier run when ``overwrite`` was asked.
+
+        The configs are written at once, so a run that fails later (engine build, out of memory) leaves a
+        directory that ``--resume`` (from step 0) and ``--overwrite`` both accept.
+        """
+        if overwrite and self.is_run():
             shutil.rmtree(self.root)
         for d in (self.root, self.checkpoints, self.tensorboard):
             os.makedirs(d, exist_ok=True)
+        atomic_write_text(self.config, config_yaml)
+        atomic_write_json(self.ds_config, ds_config)
 
     def latest(self) -> dict | None:
         """``{"tag": ..., "step": ...}`` of the newest complete checkpoint, or None."""

@@ -15,7 +15,7 @@ import yaml
 
 from ..config import (ConfigError, ExperimentConfig, apply_overrides, check_ds_config, from_mapping, load_experiment,
                       read_ds_config, read_mapping, to_mapping, zero_stage)
-from ..data.batches import DataError
+from ..data.batches import DataError, min_stream_tokens
 from ..data.binarized import BinarizedError, TokenStream, open_binarized
 from ..data.prepare import check_prepared
 from ..data.vocab import Vocabulary, VocabularyError
@@ -144,10 +144,10 @@ def check_data_fits(cfg: ExperimentConfig, ds_cfg: dict, world_size: int, train:
     Raises:
         DataError: listing every language whose split is too short, or an impossible meta batch layout.
     """
-    L, problems = cfg.train.seq_len, []
+    L, problems, need = cfg.train.seq_len, [], min_stream_tokens(cfg.train.seq_len)
     for lang, tr, va in zip(cfg.lang_ids, train, valid):
-        if tr.num_tokens < 2 * L - 1:
-            problems.append(f"{lang}: {tr.num_tokens} train tokens, need >= {2 * L - 1} for train.seq_len={L}")
+        if tr.num_tokens < need:
+            problems.append(f"{lang}: {tr.num_tokens} train tokens, need >= {need} for train.seq_len={L}")
         if va.num_tokens < L:
             problems.append(f"{lang}: {va.num_tokens} valid tokens, fewer than train.seq_len={L} (raise "
                             f"data.split.valid_fraction or lower train.seq_len)")
@@ -158,9 +158,9 @@ def check_data_fits(cfg: ExperimentConfig, ds_cfg: dict, world_size: int, train:
             problems.append(f"meta.val_batch_size={m.val_batch_size} must be a multiple of the validation "
                             f"micro-batch ({micro}) x world size ({world_size})")
         if m.val_source == "valid":
-            short = [l for l, va in zip(cfg.lang_ids, valid) if va.num_tokens < 2 * L - 1]
+            short = [l for l, va in zip(cfg.lang_ids, valid) if va.num_tokens < need]
             if short:
-                problems.append(f"meta.val_source=valid: valid splits of {short} have fewer than {2 * L - 1} tokens")
+                problems.append(f"meta.val_source=valid: valid splits of {short} have fewer than {need} tokens")
     if problems:
         raise DataError("data does not fit the configuration:\n  - " + "\n  - ".join(problems))
 
@@ -183,6 +183,7 @@ def check_checkpoint_matches(client_state: dict, prep: Prepared) -> None:
 
 
 def dump_yaml(obj) -> str:
+    """A config dataclass as YAML, in field order (what config.yaml holds)."""
     return yaml.safe_dump(to_mapping(obj), sort_keys=False, allow_unicode=True)
 
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json
 from ..config import precision, to_mapping, zero_stage
 from ..data.batches import TrainBatches, eval_batches
 from ..data.sampling import LanguageSchedule, language_probs
@@ -31,7 +31,7 @@ from ..mlm import MLMBatch
 from ..model import MaskedLM, build_model, count_parameters, flops_per_token
 from ..params import save_phi, split_parameters
 from ..seeding import derive_seed
-from .dist import barrier
+from .dist import barrier, on_rank0
 from .evaluate import evaluate
 from .lr_schedule import InverseSqrtWithWarmup
 from .metrics import MetricsLogger
@@ -45,15 +45,24 @@ PHI_STATE = "phi_optimizer.pt"  # per-language φ optimiser state, beside DeepSp
 
 
 class TrainerCallback:
-    """Hooks called on every rank. Override what you need (e.g. a per-language gradient-similarity probe)."""
+    """Hooks called on every rank. Override what you need (e.g. a per-language gradient-similarity probe).
 
-    def on_train_start(self, trainer: "Trainer") -> None: ...
+    A hook that runs collectives must do so on every rank; ``trainer.engine.module`` is the model and
+    ``trainer.split`` its θ/φ split.
+    """
 
-    def on_step_end(self, trainer: "Trainer", step: int, lang: int, batches: list[MLMBatch]) -> None: ...
+    def on_train_start(self, trainer: "Trainer") -> None:
+        """Before the first step (after the step-0 evaluation of a new run)."""
 
-    def on_eval(self, trainer: "Trainer", step: int, results: dict) -> None: ...
+    def on_step_end(self, trainer: "Trainer", step: int, lang: int, batches: list[MLMBatch]) -> None:
+        """After optimiser step ``step`` (1-based count of completed steps) on language index ``lang``,
+        with this rank's micro-batches of that step (on the training device)."""
 
-    def on_train_end(self, trainer: "Trainer") -> None: ...
+    def on_eval(self, trainer: "Trainer", step: int, results: dict) -> None:
+        """After each evaluation; ``results`` as returned by :func:`~negint_ds.train.evaluate.evaluate`."""
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        """After the final report and export."""
 
 
 class Trainer:
@@ -74,9 +83,8 @@ class Trainer:
         self._stop_signal: int | None = None
         tc = self.cfg.train
 
-        if rank == 0 and not resume:
-            self.paths.create(overwrite)
-        barrier()
+        if not resume:
+            on_rank0(lambda: self.paths.create(overwrite, dump_yaml(self.cfg), prep.ds_cfg), rank, world_size)
         self._setup_logging()
 
         counts = [prep.manifest["languages"][l]["splits"]["train"]["sentences"] for l in self.lang_ids]
@@ -123,6 +131,13 @@ class Trainer:
         self.phi = (PhiTraining(self.cfg, self.engine, self.split, phi_init, ds_cfg, self.prep, self.world, self.rank)
                     if self.split.has_phi else None)
         if tc.compile:
+            # one graph per language (the `lang` routing argument), per grad mode, and for φ passed as
+            # leaves: keep dynamo from falling back to eager when there are many languages
+            import torch._dynamo.config as dynamo_config
+
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, knob):
+                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 4 * len(self.lang_ids) + 8))
             self.engine.compile()  # torch.compile through DeepSpeed (fuses LayerNorm/GELU/dropout/residuals)
         self.micro = self.engine.train_micro_batch_size_per_gpu()
         self.accum = self.engine.gradient_accumulation_steps()
@@ -141,16 +156,15 @@ class Trainer:
             self.step = int(client["step"])
             self.first_eval = client.get("first_eval")
         self.metrics = MetricsLogger(self.paths, self.lang_ids, self.engine.monitor, enabled=self.rank == 0)
-        last = None
-        if self.rank == 0:
+
+        def align_logs():
             self.metrics.truncate_after(self.step)
             self._write_run_files(resume)
             rec = [r for r in self.metrics.records("valid") if r["step"] == self.step]
-            if rec:
-                last = {l: {"loss": rec[-1][f"loss_{l}"], "ppl": rec[-1][f"ppl_{l}"]} for l in self.lang_ids}
-        last = _broadcast_object(last)
+            return {l: {"loss": rec[-1][f"loss_{l}"], "ppl": rec[-1][f"ppl_{l}"]} for l in self.lang_ids} if rec else None
+
+        last = _broadcast_object(self._rank0(align_logs))
         self.last_eval = (self.step, last) if last else None
-        barrier()
 
     def _setup_logging(self) -> None:
         log.handlers.clear()
@@ -165,10 +179,11 @@ class Trainer:
             fh.setFormatter(fmt)
             log.addHandler(fh)
 
+    def _rank0(self, fn):
+        """Run file work on rank 0 without leaving other ranks in a collective if it fails (see on_rank0)."""
+        return on_rank0(fn, self.rank, self.world)
+
     def _write_run_files(self, resume: bool) -> None:
-        if not resume:
-            atomic_write_text(self.paths.config, dump_yaml(self.cfg))
-            atomic_write_json(self.paths.ds_config, self.prep.ds_cfg)
         meta = {}
         if os.path.isfile(self.paths.meta):
             with open(self.paths.meta, encoding="utf-8") as f:
@@ -210,12 +225,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def seed_dropout(self, step: int, phase: str, lang: int, micro: int) -> None:
-        """Seed dropout for one forward: a pure function of (seed, step, rank, phase, language, micro-batch).
+        """Seed dropout for one forward from (seed, step, phase, language, global micro-batch index).
 
-        The virtual step, both finite-difference probes and the θ step of a meta step all use phase
-        "train" for the step's batch, so they see the same dropout masks.
+        ``micro`` is this rank's local index k; micro-batch k of rank r is global micro-batch k·world + r
+        for the train batch and for the meta-validation batches alike, so a 1-process run with N
+        accumulation steps draws the same dropout masks as N processes. The virtual step, both
+        finite-difference probes and the θ step of a meta step use phase "train" for the step's batch,
+        so they see the same masks.
         """
-        torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, self.rank, phase, lang, micro))
+        torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, phase, lang, micro * self.world + self.rank))
 
     def train_step(self, step: int) -> tuple[int, torch.Tensor, list[MLMBatch]]:
         """One optimiser step on the language the schedule draws for ``step`` (Algorithm 1 when meta-learning).
@@ -239,6 +257,8 @@ class Trainer:
             else:
                 loss = self.phi.forward(leaves, mb, lang)
             self.engine.backward(loss)
+            if leaves is not None:
+                self.phi.accumulate(leaves)  # fp32, before the next micro-batch adds to the 16-bit .grad
             self.engine.step()
             total += loss.detach().float()
         if leaves is not None:
@@ -251,7 +271,7 @@ class Trainer:
         rec = {"kind": "valid", "step": self.step}
         for lang, r in res.items():
             rec[f"ppl_{lang}"], rec[f"loss_{lang}"] = r["ppl"], r["loss"]
-        self.metrics.write(rec)
+        self._rank0(lambda: self.metrics.write(rec))
         self.last_eval = (self.step, res)
         log.info("step %d valid ppl: %s", self.step, "  ".join(f"{l} {r['ppl']:.2f}" for l, r in res.items()))
         if self.first_eval is None:
@@ -267,15 +287,18 @@ class Trainer:
                   "data_fingerprint": self.prep.manifest["fingerprint"], "lang_ids": self.lang_ids,
                   "first_eval": self.first_eval, "negint_ds_version": __version__}
         self.engine.save_checkpoint(self.paths.checkpoints, tag=tag, client_state=client, save_latest=False)
-        if self.phi is not None and self.rank == 0:  # φ is identical on every rank (averaged gradients)
-            path = os.path.join(self.paths.checkpoints, tag, PHI_STATE)
-            torch.save(self.phi.state_dict(), path + ".tmp")
-            os.replace(path + ".tmp", path)
-        barrier()
-        if self.rank == 0:
-            removed = self.paths.commit_checkpoint(tag, self.step, self.cfg.train.keep_checkpoints)
-            log.info("checkpoint %s saved%s", tag, f" (removed {', '.join(removed)})" if removed else "")
-        barrier()
+        phi_state = self.phi.state_dict() if self.phi is not None else None  # identical on every rank
+
+        def write_phi():
+            if phi_state is not None:
+                path = os.path.join(self.paths.checkpoints, tag, PHI_STATE)
+                torch.save(phi_state, path + ".tmp")
+                os.replace(path + ".tmp", path)
+
+        self._rank0(write_phi)
+        barrier()  # every rank's DeepSpeed files are on disk before latest.json names the checkpoint
+        removed = self._rank0(lambda: self.paths.commit_checkpoint(tag, self.step, self.cfg.train.keep_checkpoints))
+        log.info("checkpoint %s saved%s", tag, f" (removed {', '.join(removed)})" if removed else "")
 
     def _stop_requested(self) -> bool:
         flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
@@ -330,7 +353,7 @@ class Trainer:
                        "elapsed_s": time.time() - start_time}
                 if self.phi is not None:
                     rec.update({k: v for k, v in self.phi.stats.items() if v is not None})
-                self.metrics.write(rec)
+                self._rank0(lambda: self.metrics.write(rec))
                 pbar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", lr=f"{rec['lr']:.2e}")
                 log.info("step %d/%d loss %.4f lr %.3g %s tokens/s", self.step, tc.max_steps, rec["loss"],
                          rec["lr"], f"{rec['tokens_per_s']:,.0f}")
@@ -371,49 +394,75 @@ class Trainer:
             self.run_eval()
         final = self.last_eval[1]
         self.export()
-        if self.rank == 0:
+
+        def report():
             table = write_final(self.paths, final, self.step, self.first_eval)
             plot_curves(self.metrics.records("valid"), self.lang_ids, self.paths.curves, self.cfg.name)
             log.info("\n%s", table)
             log.info("run directory: %s (metrics.jsonl, ppl_curves.png, export/, checkpoints/)", self.paths.root)
+
+        self._rank0(report)
         for cb in self.callbacks:
             cb.on_train_end(self)
         return final
 
     def export(self) -> None:
-        """Write ``export/model.safetensors`` (fp32), ``model.json`` and ``spm.model`` for fine-tuning."""
+        """Write ``export/model.safetensors`` (fp32), ``phi.safetensors``, ``model.json`` and ``spm.model``.
+
+        fp32 values come from: the module when training in fp32; otherwise DeepSpeed's fp32 master weights
+        in the final checkpoint (ZeRO ≥ 1) for θ, falling back to the 16-bit working copy when those cannot
+        be read (recorded in ``model.json["weights_source"]``); φ always from its fp32 masters.
+        """
+        import contextlib
         import shutil
 
         from safetensors.torch import save_model
 
-        module = self.engine.module
-        params = list(module.parameters())
-        if zero_stage(self.prep.ds_cfg) == 3:
+        module, stage, prec = self.engine.module, zero_stage(self.prep.ds_cfg), precision(self.prep.ds_cfg)
+        ctx = contextlib.nullcontext()
+        if stage == 3:
             import deepspeed
 
-            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        else:
-            import contextlib
+            ctx = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        with ctx:  # collective under ZeRO-3: every rank enters, rank 0 copies
+            state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()} if self.rank == 0 else None
+        masters = {}
+        if self.phi is not None:
+            masters = {n: m.detach().float().cpu() for names, ms in zip(self.phi.opt.names, self.phi.opt.masters)
+                       for n, m in zip(names, ms)}
+        tag = (self.paths.latest() or {}).get("tag")
 
-            ctx = contextlib.nullcontext()
-        with ctx:
-            if self.rank == 0:
-                os.makedirs(self.paths.export, exist_ok=True)
-                cpu = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID)
-                cpu.load_state_dict({k: v.detach().float().cpu() for k, v in module.state_dict().items()})
-                tmp = os.path.join(self.paths.export, ".model.safetensors.tmp")
-                save_model(cpu, tmp)
-                os.replace(tmp, os.path.join(self.paths.export, "model.safetensors"))
-        if self.rank == 0:
+        def write():
+            source = "fp32 training"
+            if prec != "fp32":
+                source = f"{prec} working copy"
+                if stage >= 1 and tag is not None:
+                    try:
+                        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+                        fp32 = get_fp32_state_dict_from_zero_checkpoint(self.paths.checkpoints, tag=tag)
+                        state.update({k: v.float().cpu() for k, v in fp32.items() if k in state})
+                        source = "fp32 master weights (DeepSpeed checkpoint)"
+                    except Exception as e:  # keep the export, say where the values came from
+                        log.warning("could not read fp32 master weights from %s (%s); exporting the %s working "
+                                    "copy", tag, e, prec)
+            state.update(masters)
+            os.makedirs(self.paths.export, exist_ok=True)
+            cpu = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID)
+            cpu.load_state_dict(state)
+            tmp = os.path.join(self.paths.export, ".model.safetensors.tmp")
+            save_model(cpu, tmp)
+            os.replace(tmp, os.path.join(self.paths.export, "model.safetensors"))
             shutil.copyfile(self.prep.vocab.path, os.path.join(self.paths.export, "spm.model"))
             if self.phi is not None:
-                save_phi(module, os.path.join(self.paths.export, "phi.safetensors"), self.lang_ids)
+                save_phi(cpu, os.path.join(self.paths.export, "phi.safetensors"), self.lang_ids)
             atomic_write_json(os.path.join(self.paths.export, "model.json"), {
-                "model": to_mapping(self.cfg.model), "vocab_size": self.prep.vocab.size,
-                "lang_ids": self.lang_ids, "pad_id": PAD_ID, "mask_id": self.prep.vocab.mask_id,
-                "vocab_sha256": self.prep.vocab.sha256, "step": self.step, "trained_precision":
-                precision(self.prep.ds_cfg), "data_fingerprint": self.prep.manifest["fingerprint"]})
-        barrier()
+                "model": to_mapping(self.cfg.model), "vocab_size": self.prep.vocab.size, "lang_ids": self.lang_ids,
+                "pad_id": PAD_ID, "mask_id": self.prep.vocab.mask_id, "vocab_sha256": self.prep.vocab.sha256,
+                "step": self.step, "trained_precision": prec, "weights_source": source,
+                "data_fingerprint": self.prep.manifest["fingerprint"]})
+
+        self._rank0(write)
 
 
 def _grad_norm(engine) -> float | None:
