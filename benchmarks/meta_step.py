@@ -89,7 +89,10 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     if args.mode:
+        from negint_ds.train.dist import shutdown_distributed
+
         print("RESULT " + json.dumps(measure(args)), flush=True)
+        shutdown_distributed()  # gloo's threads joined before exit (see its docstring)
         return
     results = {}
     for mode in args.modes.split(","):

@@ -42,12 +42,22 @@ def parse_args(argv: list[str] | None = None) -> RunArgs:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check everything, train; returns a process exit code (2 = bad input, nothing written)."""
     args = parse_args(argv)
-    from .dist import configure_cpu_threads, first_failing_rank, init_distributed
-    from .setup import prepare_run
-    from .trainer import Trainer
+    from .dist import configure_cpu_threads, init_distributed, shutdown_distributed
 
     rank, world = init_distributed()
     configure_cpu_threads(world)
+    code = _run(args, rank, world)
+    # only after a normal end: after an exception a peer may be gone, and a barrier would wait forever
+    shutdown_distributed()
+    return code
+
+
+def _run(args: RunArgs, rank: int, world: int) -> int:
+    """Check the input on every rank, then train; 0 on success, 2 on bad input (nothing written)."""
+    from .dist import first_failing_rank
+    from .setup import prepare_run
+    from .trainer import Trainer
+
     error = None
     try:
         prep = prepare_run(args, world)

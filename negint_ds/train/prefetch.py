@@ -37,16 +37,20 @@ class Prefetcher:
                 if pin:
                     mbs = [MLMBatch(*(t.pin_memory() for t in (b.input_ids, b.lang_ids, b.pred_positions, b.targets)))
                            for b in mbs]
-                while not self._halt.is_set():
-                    try:
-                        self._q.put((step, lang, mbs, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._halt.is_set():
+                if not self._offer((step, lang, mbs, None)):
                     return
         except BaseException as e:  # surfaced to the trainer on the next get()
-            self._q.put((None, None, None, e))
+            self._offer((None, None, None, e))
+
+    def _offer(self, item: tuple) -> bool:
+        """Queue ``item`` unless :meth:`close` is called first (so that close never waits on a full queue)."""
+        while not self._halt.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def get(self, step: int) -> tuple[int, list[MLMBatch]]:
         """(language index, micro-batches) of ``step``; steps must be requested in order.
@@ -63,5 +67,6 @@ class Prefetcher:
         return lang, mbs
 
     def close(self) -> None:
-        """Stop producing batches (the worker thread exits at its next queue wait)."""
+        """Stop producing batches and wait for the worker thread (it exits at its next queue wait, ≤ 0.1 s)."""
         self._halt.set()
+        self._thread.join()
