@@ -60,7 +60,8 @@ class Hypergradient:
     Attributes:
         grad: fp32 tensors (fp64 for an fp64 model), one per φ_i tensor in ``phi_names`` order.
         train_loss / val_loss: L_train^i(θ, φ_i) and F at θ' (this rank's mean; nats).
-        v_norm: ‖∇θ' F‖.
+        v_norm: ‖∇θ' F‖ (None for ``exact``, which never forms v; None rather than NaN keeps metrics.jsonl
+            valid JSON).
         eps: the finite-difference step ε (None for ``exact``).
         changed_fraction: share of θ elements that θ⁺ = θ + εv changes after rounding to the parameters'
             dtype (near 1 means the perturbation is representable; near 0 in bf16/fp16 with a small ε
@@ -72,7 +73,7 @@ class Hypergradient:
     grad: list[torch.Tensor]
     train_loss: float
     val_loss: float
-    v_norm: float
+    v_norm: float | None
     eps: float | None = None
     changed_fraction: float | None = None
     virtual_changed_fraction: float | None = None
@@ -241,7 +242,7 @@ def hypergradient_exact(model: nn.Module, theta_names: list[str], phi_names: lis
             rank must run this function. None on one process.
 
     Returns:
-        :class:`Hypergradient` with ``v_norm`` NaN and no ε (nothing is differenced).
+        :class:`Hypergradient` with no ``v_norm`` and no ε (nothing is differenced).
     """
     params = dict(model.named_parameters())
     with math_sdpa(), reference_only():  # double backward: math attention, torch (not fused) adapters
@@ -269,7 +270,7 @@ def hypergradient_exact(model: nn.Module, theta_names: list[str], phi_names: lis
                 _acc(grad, torch.autograd.grad(loss * w, phi, retain_graph=True, allow_unused=True))
                 val_loss += float(loss.detach()) * w / scale
     reduce_mean(grad)
-    return Hypergradient([t / scale for t in grad], train_loss, val_loss, float("nan"), None, None)
+    return Hypergradient([t / scale for t in grad], train_loss, val_loss, None, None, None)
 
 
 @torch.no_grad()
