@@ -1,5 +1,4 @@
 """Algorithm 1 inside the DeepSpeed trainer (one gloo process): φ_j untouched, θ step sees φ^{new}, modes run."""
-import os
 
 import pytest
 import torch
@@ -15,13 +14,22 @@ QUIET = ["model.dropout=0.0", "model.attention_dropout=0.0", "meta.val_batch_siz
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
+    """A 1-process gloo group for in-process trainers; torn down (and the environment restored) afterwards."""
     import deepspeed
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+    from negint_ds.train.dist import shutdown_distributed
+
+    if dist.is_initialized():
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=str(free_port())).items():
+            mp.setenv(k, v)
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        yield
+        shutdown_distributed()
 
 
 def trainer(tiny_data, tmp_path, overrides, stage=2):
