@@ -32,31 +32,33 @@ _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.
 
 
 @triton.jit
-def _sumsq_kernel(chunk_t_ptr, chunk_off_ptr, addr_ptr, numel_ptr, out_ptr, DT: tl.constexpr, ACC: tl.constexpr,
-                  CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _chunk(chunk_t_ptr, chunk_off_ptr, numel_ptr):
+    """This program's chunk: (tensor index t, first element, tensor t's numel)."""
     c = tl.program_id(0)
     t = tl.load(chunk_t_ptr + c)
-    start = tl.load(chunk_off_ptr + c)
+    return t, tl.load(chunk_off_ptr + c), tl.load(numel_ptr + t)
+
+
+@triton.jit
+def _sumsq_kernel(chunk_t_ptr, chunk_off_ptr, addr_ptr, numel_ptr, out_ptr, DT: tl.constexpr, ACC: tl.constexpr,
+                  CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    t, start, n = _chunk(chunk_t_ptr, chunk_off_ptr, numel_ptr)
     base = tl.load(addr_ptr + t).to(tl.pointer_type(DT))
-    n = tl.load(numel_ptr + t)
     acc = tl.zeros((BLOCK,), dtype=ACC)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         x = tl.load(base + offs, mask=offs < n, other=0.0).to(ACC)
         acc += x * x
-    tl.store(out_ptr + c, tl.sum(acc, axis=0))
+    tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
 
 
 @triton.jit
 def _axpy_kernel(chunk_t_ptr, chunk_off_ptr, theta_addr, v_addr, out_addr, numel_ptr, alpha_ptr,
                  DT_T: tl.constexpr, DT_V: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunk_t_ptr + c)
-    start = tl.load(chunk_off_ptr + c)
+    t, start, n = _chunk(chunk_t_ptr, chunk_off_ptr, numel_ptr)
     th = tl.load(theta_addr + t).to(tl.pointer_type(DT_T))
     v = tl.load(v_addr + t).to(tl.pointer_type(DT_V))
     out = tl.load(out_addr + t).to(tl.pointer_type(DT_T))
-    n = tl.load(numel_ptr + t)
     alpha = tl.load(alpha_ptr).to(ACC)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -68,14 +70,11 @@ def _axpy_kernel(chunk_t_ptr, chunk_off_ptr, theta_addr, v_addr, out_addr, numel
 @triton.jit
 def _combine_kernel(chunk_t_ptr, chunk_off_ptr, d_addr, p_addr, m_addr, out_addr, numel_ptr, coef_ptr,
                     DT: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunk_t_ptr + c)
-    start = tl.load(chunk_off_ptr + c)
+    t, start, n = _chunk(chunk_t_ptr, chunk_off_ptr, numel_ptr)
     dp = tl.load(d_addr + t).to(tl.pointer_type(DT))
     pp = tl.load(p_addr + t).to(tl.pointer_type(DT))
     mp = tl.load(m_addr + t).to(tl.pointer_type(DT))
     out = tl.load(out_addr + t).to(tl.pointer_type(ACC))
-    n = tl.load(numel_ptr + t)
     coef = tl.load(coef_ptr).to(ACC)  # β / 2ε
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)

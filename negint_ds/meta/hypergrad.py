@@ -249,28 +249,29 @@ def hypergradient_exact(model: nn.Module, theta_names: list[str], phi_names: lis
         theta = _leaves([params[n] for n in theta_names])
         phi = _leaves([params[n] for n in phi_names])
         over = {**dict(zip(theta_names, theta)), **dict(zip(phi_names, phi))}
-        g, train_loss = None, 0.0
+        g, train_loss = None, torch.zeros((), device=theta[0].device)
         for m, mb in enumerate(inputs.train):
             _call(before_forward, "train", lang, m)
             loss = mlm_loss(model, over, mb, lang)
             gr = torch.autograd.grad(loss * (scale / len(inputs.train)), theta, create_graph=True, allow_unused=True)
             gr = [torch.zeros_like(t) if x is None else x for t, x in zip(theta, gr)]
             g = gr if g is None else [a + b for a, b in zip(g, gr)]
-            train_loss += float(loss.detach()) / len(inputs.train)
+            train_loss = train_loss + loss.detach() / len(inputs.train)
         if reduce_mean_differentiable is not None:
             g = [reduce_mean_differentiable(x) for x in g]
         theta_prime = [t - (beta / scale) * x for t, x in zip(theta, g)]
         tp_over = {**dict(zip(theta_names, theta_prime)), **dict(zip(phi_names, phi))}
-        grad, val_loss = _zeros(phi), 0.0
+        grad, val_loss = _zeros(phi), torch.zeros((), device=theta[0].device)
         for j, mbs in inputs.val:
             w = scale / (len(inputs.val) * len(mbs))
             for m, mb in enumerate(mbs):
                 _call(before_forward, "val", j, m)
                 loss = mlm_loss(model, tp_over, mb, j)
                 _acc(grad, torch.autograd.grad(loss * w, phi, retain_graph=True, allow_unused=True))
-                val_loss += float(loss.detach()) * w / scale
+                val_loss = val_loss + loss.detach() * (w / scale)
     reduce_mean(grad)
-    return Hypergradient([t / scale for t in grad], train_loss, val_loss, None, None, None)
+    # losses stay on the device until here: one host sync per step, not one per micro-batch
+    return Hypergradient([t / scale for t in grad], float(train_loss), float(val_loss), None, None, None)
 
 
 @torch.no_grad()
