@@ -16,7 +16,7 @@ echo "== kernel benchmarks"
 timeout 300 python3 kernels/bench/bench_adapter.py --dtype bf16 | tee "$OUT/bench_adapter.txt" | tail -20
 timeout 120 python3 kernels/bench/bench_fd_hvp.py | tee "$OUT/bench_fd_hvp.txt" | tail -12
 echo "== meta step vs plain step (paper configuration, bf16, ZeRO-1, batch 128 x 256)"
-timeout 400 python3 benchmarks/meta_step.py --recipe jointpair_en_sw_meta_adpt --deepspeed_config ds_configs/gpu_bf16_zero1.json --steps 10 --warmup 3 | tee "$OUT/meta_step.txt" | tail -8
+timeout 450 python3 benchmarks/meta_step.py --recipe jointpair_en_sw_meta_adpt --deepspeed_config ds_configs/gpu_bf16_zero1.json --modes plain,fd,fd_working,fd_forward,exact,exact_working --steps 10 --warmup 3 | tee "$OUT/meta_step.txt" | tail -8
 echo "== end-to-end tokens/s, kernels on and off"
 for kern in auto torch; do
   for r in jointpair_en_sw_adpt jointpair_en_sw_meta_adpt; do

@@ -6,8 +6,12 @@
 Runs each mode in its own process through the real DeepSpeed trainer (``Trainer.train_step``):
 
 * ``plain``: the same model with its language adapters trained jointly (+adpt) — the baseline step;
-* ``fd``: Algorithm 1 with the finite-difference hypergradient (Eq. 8), a meta update every step;
-* ``exact``: Algorithm 1 differentiating through θ' (second order, math SDPA kernel);
+* ``fd``: Algorithm 1 with the finite-difference hypergradient (Eq. 8, central), a meta update every step,
+  ``meta.precision: fp32`` (the default); ``fd_working``: the same in the training precision;
+  ``fd_forward``: forward differences (one probe);
+* ``exact``: Algorithm 1 with the exact second-order term (double backward, math SDPA kernel);
+  ``exact_working``: the same in the training precision;
+* ``official``: the official code's variant (θ first, fresh batch, exact, adapters also on the train loss);
 * ``jointpair``: the model without adapters (for reference).
 
 Prints one JSON line per mode and a table of ratios to ``plain``. Peak memory (CUDA only) is the
@@ -26,8 +30,12 @@ import sys
 import tempfile
 import time
 
-MODES = {"plain": ["meta.enabled=false"], "fd": ["meta.enabled=true", "meta.hypergradient=finite_difference"],
-         "exact": ["meta.enabled=true", "meta.hypergradient=exact"],
+_FD = ["meta.enabled=true", "meta.hypergradient=finite_difference"]
+_EXACT = ["meta.enabled=true", "meta.hypergradient=exact"]
+MODES = {"plain": ["meta.enabled=false"], "fd": _FD, "fd_forward": [*_FD, "meta.fd_scheme=forward"],
+         "fd_working": [*_FD, "meta.precision=working"], "exact": _EXACT,
+         "exact_working": [*_EXACT, "meta.precision=working"],
+         "official": [*_EXACT, "meta.order=theta_first", "meta.phi_batch=fresh", "meta.phi_train_loss=true"],
          "jointpair": ["meta.enabled=false", "model.adapters.kind=none"]}
 
 
@@ -82,7 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", required=True)
     p.add_argument("--deepspeed_config", required=True)
-    p.add_argument("--modes", default="plain,fd,exact,jointpair")
+    p.add_argument("--modes", default="plain,fd,fd_forward,fd_working,exact,exact_working,official,jointpair")
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)

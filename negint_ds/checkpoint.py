@@ -34,7 +34,7 @@ def load_pretrained(run_dir: str, device: str = "cpu") -> tuple[MaskedLM, dict]:
         info["config"] = yaml.safe_load(f)
     info["spm_model"] = os.path.join(export, "spm.model")
     cfg = from_mapping(ModelConfig, info["model"], source=os.path.join(export, "model.json"), root="model")
-    model = build_model(cfg, info["vocab_size"], len(info["lang_ids"]), info["pad_id"])
+    model = build_model(cfg, info["vocab_size"], len(info["lang_ids"]), info["pad_id"], info["lang_ids"])
     from safetensors.torch import load_model
 
     load_model(model, weights, device=device)

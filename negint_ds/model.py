@@ -14,6 +14,13 @@ Routing: every forward takes ``lang_ids`` (B,), each row's language, and optiona
 int meaning "every row is language ``lang``" (the paper trains one language per step). With ``lang``
 the language's modules run on the whole batch; without it rows are gathered per language.
 
+Dropout: by default PyTorch's fused kernels (``F.dropout``, dropout inside the SDPA attention kernel).
+With :func:`set_explicit_dropout` every mask is drawn as ``torch.rand(shape, dtype=float32) >= p`` from the
+current RNG state instead, and attention with dropout runs the math formula with that mask, so a given
+seed gives the same masks in fp32 and bf16, on flash, efficient or math attention, eagerly or compiled
+(with inductor's ``fallback_random``). Meta-learning needs this: its fp32 passes and the bf16 θ step must
+see the same dropout (README, "Precision of the meta step").
+
 Shapes: B batch, L sequence length, d model dim, H heads, V vocabulary, P predicted positions, b
 adapter bottleneck. Parallelism (DeepSpeed ZeRO, data parallelism) is applied outside this file.
 """
@@ -38,10 +45,55 @@ class ModelDims:
     n_langs: int
     pad_id: int
     cfg: ModelConfig
+    #: Language ids by index (for error messages), e.g. ("sw", "en"); None: indices only.
+    lang_names: tuple[str, ...] | None = None
+
+    def describe_langs(self) -> str:
+        """The model's languages for an error message, e.g. ``2 languages (0=sw, 1=en)``."""
+        names = self.lang_names or tuple(str(i) for i in range(self.n_langs))
+        return f"{self.n_langs} languages ({', '.join(f'{i}={n}' for i, n in enumerate(names))})"
+
+
+def draw_keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Explicit dropout mask: ``rand(shape, fp32) >= p`` (bool) from the current RNG state of ``device``.
+
+    Drawn in fp32 whatever the activations' dtype, so the same seed gives the same mask in fp32 and bf16.
+    """
+    return torch.rand(shape, dtype=torch.float32, device=device) >= p
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that draws its mask with :func:`draw_keep_mask` when ``explicit_dropout`` is set."""
+
+    explicit_dropout: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.explicit_dropout and self.training and self.p > 0):
+            return super().forward(x)
+        return x * draw_keep_mask(x.shape, self.p, x.device).to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def attention_explicit_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                               p: float) -> torch.Tensor:
+    """softmax(q kᵀ/√Dh + mask) ⊙ D/(1−p) · v, D from :func:`draw_keep_mask`: SDPA's math formula, explicit mask.
+
+    q, k, v: (B, H, L, Dh); mask: (B, 1, 1, L) bool, True = attend, or None. Returns (B, H, L, Dh). The
+    softmax is taken in fp32 (fp64 for fp64). Materialises the (B, H, L, L) scores, unlike the flash/efficient
+    kernels.
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, H, L, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    probs = probs * draw_keep_mask(probs.shape, p, probs.device) * (1.0 / (1.0 - p))
+    return torch.matmul(probs.to(v.dtype), v)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash/efficient kernels on GPU)."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash/efficient kernels on GPU);
+    with ``explicit_dropout`` and attention dropout in training, through :func:`attention_explicit_dropout`."""
+
+    explicit_dropout: bool = False
 
     def __init__(self, dim: int, heads: int, attention_dropout: float):
         super().__init__()
@@ -54,7 +106,11 @@ class SelfAttention(nn.Module):
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, L, Dh)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, L) True=attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0)
+        p = self.p_drop if self.training else 0.0
+        if p > 0 and self.explicit_dropout:
+            y = attention_explicit_dropout(q, k, v, mask, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
 
 
@@ -84,7 +140,7 @@ class BottleneckAdapter(nn.Module):
         super().__init__()
         self.down, self.up = nn.Linear(dim, bottleneck), nn.Linear(bottleneck, dim)
         self.activation = activation
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # ZeRO-3 gathers parameters in the submodules' own forward hooks: call them rather than read weights
@@ -97,27 +153,57 @@ class BottleneckAdapter(nn.Module):
         return z + self.drop(self.up(h))  # (..., d)
 
 
+def check_language_ids(lang_ids: torch.Tensor | None, lang: int | None, n_langs: int, describe: str) -> None:
+    """Refuse language indices outside [0, n_langs): a row of an unknown language has no φ to route to.
+
+    Args:
+        lang_ids: (B,) int64 row languages, or None to check ``lang`` only.
+        lang: the language of every row (a Python int) or None.
+        describe: the model's languages, for the message (:meth:`ModelDims.describe_langs`).
+
+    Raises:
+        ValueError: naming the offending id(s) and the model's languages.
+    """
+    if lang is not None:
+        if not 0 <= lang < n_langs:
+            raise ValueError(f"language id {lang} is out of range: the model has {describe}")
+        return
+    if lang_ids is not None and lang_ids.numel():
+        bad = lang_ids[(lang_ids < 0) | (lang_ids >= n_langs)]
+        if bad.numel():  # one host sync, only on the row-routed path (mixed-language batches)
+            raise ValueError(f"language id(s) {sorted(set(bad.tolist()))} out of range: the model has {describe}")
+
+
 class PerLanguage(nn.Module):
     """One copy of a module per language: the language-specific parameters φ_i live in ``per_lang[i]``.
 
     ``forward(x, lang_ids, lang, *row_args)`` runs copy ``lang`` on all rows when ``lang`` is given,
     else gathers the rows of each language (``row_args``, e.g. a padding mask, are gathered alike) and
     scatters the outputs back. Every wrapped module maps (B, ...) to the same shape.
+
+    Raises (forward):
+        ValueError: ``lang`` or an entry of ``lang_ids`` is outside [0, n_langs) (never routed to zeros).
     """
 
-    def __init__(self, make: Callable[[], nn.Module], n_langs: int):
+    def __init__(self, make: Callable[[], nn.Module], n_langs: int, describe: str | None = None):
         super().__init__()
         self.per_lang = nn.ModuleList(make() for _ in range(n_langs))
+        self.describe = describe or f"{n_langs} languages"
 
     def forward(self, x: torch.Tensor, lang_ids: torch.Tensor, lang: int | None, *row_args) -> torch.Tensor:
+        n = len(self.per_lang)
         if lang is not None:
+            check_language_ids(None, lang, n, self.describe)
             return self.per_lang[lang](x, *row_args)
-        out = torch.zeros_like(x)
+        out, routed = torch.zeros_like(x), 0
         for i, module in enumerate(self.per_lang):
             rows = (lang_ids == i).nonzero(as_tuple=True)[0]
+            routed += rows.numel()
             if rows.numel():
                 args = [a.index_select(0, rows) if a is not None else None for a in row_args]
                 out = out.index_copy(0, rows, module(x.index_select(0, rows), *args))
+        if routed != lang_ids.numel():  # some row matched no language: it would silently stay zero
+            check_language_ids(lang_ids, None, n, self.describe)
         return out
 
 
@@ -127,8 +213,9 @@ def _route(module: nn.Module, x: torch.Tensor, lang_ids: torch.Tensor, lang: int
     return module(x, *row_args)
 
 
-def _maybe_per_language(specific: bool, make: Callable[[], nn.Module], n_langs: int) -> nn.Module:
-    return PerLanguage(make, n_langs) if specific else make()
+def _maybe_per_language(specific: bool, make: Callable[[], nn.Module], n_langs: int,
+                        describe: str | None = None) -> nn.Module:
+    return PerLanguage(make, n_langs, describe) if specific else make()
 
 
 class TransformerLayer(nn.Module):
@@ -138,23 +225,24 @@ class TransformerLayer(nn.Module):
     Attn, FFN may be per-language, and each adapter absent, shared or per-language.
     """
 
-    def __init__(self, cfg: ModelConfig, n_langs: int):
+    def __init__(self, cfg: ModelConfig, n_langs: int, describe: str | None = None):
         super().__init__()
         spec, ad = set(cfg.language_specific), cfg.adapters
         d = cfg.dim
         self.attn = _maybe_per_language("attn" in spec, lambda: SelfAttention(d, cfg.heads, cfg.attention_dropout),
-                                        n_langs)
-        self.ln_attn = _maybe_per_language("ln" in spec, lambda: nn.LayerNorm(d, eps=1e-12), n_langs)
-        self.ffn = _maybe_per_language("ffn" in spec, lambda: FeedForward(d, cfg.ffn_dim, cfg.activation), n_langs)
-        self.ln_ffn = _maybe_per_language("ln" in spec, lambda: nn.LayerNorm(d, eps=1e-12), n_langs)
-        self.drop = nn.Dropout(cfg.dropout)
+                                        n_langs, describe)
+        self.ln_attn = _maybe_per_language("ln" in spec, lambda: nn.LayerNorm(d, eps=1e-12), n_langs, describe)
+        self.ffn = _maybe_per_language("ffn" in spec, lambda: FeedForward(d, cfg.ffn_dim, cfg.activation), n_langs,
+                                       describe)
+        self.ln_ffn = _maybe_per_language("ln" in spec, lambda: nn.LayerNorm(d, eps=1e-12), n_langs, describe)
+        self.drop = Dropout(cfg.dropout)
 
         def adapter(where: str) -> nn.Module | None:
             if ad.kind == "none" or where not in ad.placement:
                 return None
             drop = cfg.dropout if ad.dropout is None else ad.dropout
             make = lambda: BottleneckAdapter(d, ad.bottleneck or d // 4, ad.activation, drop)  # noqa: E731
-            return _maybe_per_language(ad.kind == "language", make, n_langs)
+            return _maybe_per_language(ad.kind == "language", make, n_langs, describe)
 
         self.adapter_attn, self.adapter_ffn = adapter("attn"), adapter("ffn")
 
@@ -186,8 +274,9 @@ class XLMEncoder(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_positions, cfg.dim)
         self.lang_emb = nn.Embedding(dims.n_langs, cfg.dim) if cfg.lang_embeddings and dims.n_langs > 1 else None
         self.ln_emb = nn.LayerNorm(cfg.dim, eps=1e-12)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(TransformerLayer(cfg, dims.n_langs) for _ in range(cfg.layers))
+        self.drop = Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(TransformerLayer(cfg, dims.n_langs, dims.describe_langs())
+                                    for _ in range(cfg.layers))
         for emb in (self.tok_emb, self.pos_emb, self.lang_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, mean=0.0, std=cfg.dim ** -0.5)
@@ -203,11 +292,15 @@ class XLMEncoder(nn.Module):
             (B, L, d) hidden states in the parameters' dtype.
 
         Raises:
-            ValueError: L exceeds ``max_positions`` or a language id is out of range.
+            ValueError: L exceeds ``max_positions``; ``lang`` or (without ``lang``) an entry of ``lang_ids`` is
+                outside [0, n_langs) — the message names the id and the model's languages.
         """
         B, L = input_ids.shape
         if L > self.pos_emb.num_embeddings:
             raise ValueError(f"sequence length {L} exceeds model.max_positions={self.pos_emb.num_embeddings}")
+        # with ``lang`` the rows' ids only index the language embedding; without it they route φ (checked there)
+        check_language_ids(lang_ids if lang is None and self.lang_emb is not None else None, lang,
+                           self.dims.n_langs, self.dims.describe_langs())
         pos = torch.arange(L, device=input_ids.device)
         h = self.tok_emb(input_ids) + self.pos_emb(pos)[None]  # (B, L, d)
         if self.lang_emb is not None:
@@ -264,15 +357,37 @@ class MaskedLM(nn.Module):
         return F.cross_entropy(self.logits_at(hidden, pred_positions), targets)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, n_langs: int, pad_id: int = 0) -> MaskedLM:
+def build_model(cfg: ModelConfig, vocab_size: int, n_langs: int, pad_id: int = 0,
+                lang_names: list[str] | tuple[str, ...] | None = None) -> MaskedLM:
     """Construct a :class:`MaskedLM` (fp32, on CPU; DeepSpeed moves and casts it).
 
+    Args:
+        lang_names: language ids by index, used in error messages (e.g. an out-of-range language id).
+
     Raises:
-        ValueError: ``cfg.vocab_size`` is set and differs from the vocabulary's size.
+        ValueError: ``cfg.vocab_size`` is set and differs from the vocabulary's size, or ``lang_names`` does
+            not hold ``n_langs`` names.
     """
     if cfg.vocab_size is not None and cfg.vocab_size != vocab_size:
         raise ValueError(f"model.vocab_size={cfg.vocab_size} but the prepared vocabulary has {vocab_size} pieces")
-    return MaskedLM(ModelDims(vocab_size=vocab_size, n_langs=n_langs, pad_id=pad_id, cfg=cfg))
+    if lang_names is not None and len(lang_names) != n_langs:
+        raise ValueError(f"lang_names has {len(lang_names)} names for {n_langs} languages")
+    return MaskedLM(ModelDims(vocab_size=vocab_size, n_langs=n_langs, pad_id=pad_id, cfg=cfg,
+                              lang_names=tuple(lang_names) if lang_names is not None else None))
+
+
+def set_explicit_dropout(model: nn.Module, explicit: bool) -> int:
+    """Switch every dropout of ``model`` (hidden, adapter branch, attention) to explicit masks or back.
+
+    Returns:
+        The number of modules switched.
+    """
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, (Dropout, SelfAttention)):
+            mod.explicit_dropout = explicit
+            n += 1
+    return n
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -294,6 +409,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int, mask_prob: 
     return 3.0 * (cfg.layers * per_layer + mask_prob * 2 * d * vocab_size)
 
 
-__all__ = ["BottleneckAdapter", "FeedForward", "MaskedLM", "ModelDims", "PerLanguage", "SelfAttention",
-           "TransformerLayer", "XLMEncoder",
-           "build_model", "count_parameters", "flops_per_token"]
+__all__ = ["BottleneckAdapter", "Dropout", "FeedForward", "MaskedLM", "ModelDims", "PerLanguage", "SelfAttention",
+           "TransformerLayer", "XLMEncoder", "attention_explicit_dropout", "build_model", "check_language_ids",
+           "count_parameters", "draw_keep_mask", "flops_per_token", "set_explicit_dropout"]

@@ -1,4 +1,4 @@
-"""The optimiser of the language-specific parameters φ: one AdamW per language, fp32 master weights.
+"""The optimiser of the language-specific parameters φ: one AdamW (or SGD) per language, fp32 master weights.
 
 DeepSpeed owns θ (precision, loss scaling, ZeRO partitioning). φ lives in the same module but outside
 DeepSpeed's optimiser, because a step on language i must leave every φ_j (j ≠ i) untouched: a shared
@@ -18,7 +18,7 @@ from .params import ParamSplit
 
 
 class LanguageOptimizer:
-    """Per-language AdamW over φ.
+    """Per-language AdamW (or SGD) over φ.
 
     Args:
         split: the model's θ/φ split (φ tensors are updated in place after each step).
@@ -26,11 +26,18 @@ class LanguageOptimizer:
         max_grad_norm: clip φ_i's gradient to this global norm (0 or None: no clipping).
         initial: per-language initial values (default: the module's current φ).
         share_masters_with: another LanguageOptimizer whose master weights this one also updates.
+        algorithm: ``adamw`` (default) or ``sgd``: φ_i ← φ_i − lr·g (Eq. 3's plain gradient step; betas, eps
+            and weight decay are then unused).
+
+    Raises:
+        ValueError: unknown ``algorithm``, or ``initial`` does not match the split.
     """
 
     def __init__(self, split: ParamSplit, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
                  max_grad_norm: float | None = None, initial: list[list[torch.Tensor]] | None = None,
-                 share_masters_with: "LanguageOptimizer | None" = None):
+                 share_masters_with: "LanguageOptimizer | None" = None, algorithm: str = "adamw"):
+        if algorithm not in ("adamw", "sgd"):
+            raise ValueError(f"LanguageOptimizer: algorithm must be 'adamw' or 'sgd', got {algorithm!r}")
         self.params = [list(phi.values()) for phi in split.phi]
         self.names = [list(phi) for phi in split.phi]
         if share_masters_with is not None:
@@ -45,13 +52,18 @@ class LanguageOptimizer:
                 raise ValueError("LanguageOptimizer: `initial` must hold one tensor per φ parameter, in split order")
             self.masters = [[s.to(device=p.device, dtype=torch.promote_types(s.dtype, torch.float32)).clone()
                              .requires_grad_(True) for s, p in zip(ss, ps)] for ss, ps in zip(src, self.params)]
-        self.opts = [torch.optim.AdamW(ms, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-                     if ms else None for ms in self.masters]
+        def make(ms):
+            if algorithm == "sgd":
+                return torch.optim.SGD(ms, lr=0.0)
+            return torch.optim.AdamW(ms, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+        self.algorithm = algorithm
+        self.opts = [make(ms) if ms else None for ms in self.masters]
         self.max_grad_norm = max_grad_norm or 0.0
         self.steps = [0] * len(self.params)
 
     def step(self, lang: int, grads: Sequence[torch.Tensor | None], lr: float) -> dict:
-        """One AdamW step of φ_lang with already-unscaled, already-averaged gradients.
+        """One optimiser step of φ_lang with already-unscaled, already-averaged gradients.
 
         Args:
             lang: language index i.

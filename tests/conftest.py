@@ -125,3 +125,25 @@ def load_export(run_dir: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(os.path.join(run_dir, "export", "model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def process_group():
+    """One 1-process gloo group for every in-process DeepSpeed trainer of the session (DeepSpeed caches the
+    first group it sees, so modules must not each create and destroy their own); torn down, and the
+    environment restored, at the end."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from negint_ds.train.dist import shutdown_distributed
+
+    if dist.is_initialized():
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=str(free_port())).items():
+            mp.setenv(k, v)
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        yield
+        shutdown_distributed()

@@ -57,6 +57,17 @@ def test_overrides_are_parsed_as_yaml_and_unknown_ones_rejected():
         apply_overrides(base(), ["train.max_steps"])
 
 
+def test_exponent_numbers_are_numbers():
+    """YAML 1.1 reads 1e-3 (no dot) as a string; a float field takes it as the number people mean."""
+    d = apply_overrides(base(), ["model.dropout=1e-3", "train.warmup_init_lr=-2.5E-7"])
+    cfg = from_mapping(ExperimentConfig, d)
+    assert cfg.model.dropout == 0.001 and cfg.train.warmup_init_lr == -2.5e-7
+    with pytest.raises(ConfigError, match="model.dropout: expected a number, got '1e'"):
+        from_mapping(ExperimentConfig, apply_overrides(base(), ["model.dropout=1e"]))
+    with pytest.raises(ConfigError, match="train.max_steps: expected an integer"):
+        from_mapping(ExperimentConfig, apply_overrides(base(), ["train.max_steps=1e3"]))
+
+
 def test_seq_len_longer_than_positions_is_refused():
     d = apply_overrides(base(), ["train.seq_len=600"])
     with pytest.raises(ConfigError, match="seq_len: 600 exceeds model.max_positions=512"):
@@ -126,6 +137,19 @@ def test_paper_rows_exist_and_differ_only_where_they_should():
         assert cfg.meta.enabled == (row == "meta_adpt")
         assert cfg.data == base.data, "every row must share the JointPair data (and vocabulary)"
         assert (cfg.model.layers, cfg.model.dim) == (base.model.layers, base.model.dim)
+
+
+@pytest.mark.parametrize("suffix", ["", "_demo"])
+def test_official_preset_is_algorithm_1_with_the_official_codes_choices(suffix):
+    paper = load_experiment(f"jointpair_en_sw_meta_adpt{suffix}")
+    official = load_experiment(f"jointpair_en_sw_meta_adpt_official{suffix}")
+    assert (paper.meta.order, paper.meta.phi_batch, paper.meta.hypergradient, paper.meta.phi_train_loss) == (
+        "phi_first", "same", "finite_difference", False)
+    assert (official.meta.order, official.meta.phi_batch, official.meta.hypergradient,
+            official.meta.phi_train_loss) == ("theta_first", "fresh", "exact", True)
+    assert official.model.adapters.dropout is None and paper.model.adapters.dropout == 0.0
+    same = lambda c: (c.data, c.train, c.mlm, c.model.layers, c.model.dim, c.meta.val_batch_size)  # noqa: E731
+    assert same(official) == same(paper)
 
 
 def test_meta_needs_language_adapters():

@@ -163,7 +163,7 @@ def test_fd_hvp_matches_double_backward_hvp_to_second_order():
     """(∇φ L(θ+εv) − ∇φ L(θ−εv)) / 2ε built from the Triton ops → ∇²_{φθ} L · v with error O(ε²)."""
     from negint_ds.config import AdapterConfig, MLMConfig, ModelConfig
     from negint_ds.meta import mlm_loss
-    from negint_ds.meta.hypergrad import math_sdpa
+    from negint_ds.meta import math_sdpa
     from negint_ds.mlm import MLMBatch, mask_tokens
     from negint_ds.model import build_model
     from negint_ds.params import split_parameters
@@ -211,7 +211,7 @@ def test_fd_hvp_matches_double_backward_hvp_to_second_order():
 def test_model_and_meta_step_through_the_kernels(monkeypatch):
     """The model's adapters (also through functional_call) and the FD hypergradient give the torch results."""
     from negint_ds.config import AdapterConfig, MLMConfig, ModelConfig
-    from negint_ds.meta import MetaInputs, hypergradient_fd
+    from negint_ds.meta import MetaInputs, MetaParams, hypergradient
     from negint_ds.mlm import MLMBatch, mask_tokens
     from negint_ds.model import build_model
     from negint_ds.params import split_parameters
@@ -234,8 +234,8 @@ def test_model_and_meta_step_through_the_kernels(monkeypatch):
         b = inputs.train[0]
         loss = model(b.input_ids, b.lang_ids, b.pred_positions, b.targets, lang=1)
         grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-        hg = hypergradient_fd(model, list(split.theta), split.phi_names(1), 1, inputs, beta=0.1, fd_scale=1e-2,
-                              ops=dispatch.fd_ops(DEV))
+        hg = hypergradient(model, MetaParams.from_module(model, split), 1, inputs, beta=0.1, fd_scale=1e-2,
+                           ops=dispatch.fd_ops(DEV))
         results[kernels] = (loss, grads, hg)
     (l0, g0, h0), (l1, g1, h1) = results["torch"], results["triton"]
     assert float(abs(l0 - l1).detach()) < 1e-5

@@ -13,23 +13,9 @@ QUIET = ["model.dropout=0.0", "model.attention_dropout=0.0", "meta.val_batch_siz
 
 
 @pytest.fixture(scope="module", autouse=True)
-def process_group():
-    """A 1-process gloo group for in-process trainers; torn down (and the environment restored) afterwards."""
-    import deepspeed
-    import torch.distributed as dist
-
-    from negint_ds.train.dist import shutdown_distributed
-
-    if dist.is_initialized():
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                         MASTER_PORT=str(free_port())).items():
-            mp.setenv(k, v)
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-        yield
-        shutdown_distributed()
+def _group(process_group):
+    """In-process trainers need the session's 1-process gloo group (conftest.py)."""
+    yield
 
 
 def trainer(tiny_data, tmp_path, overrides, stage=2):
@@ -97,3 +83,33 @@ def test_zero3_is_refused_with_language_specific_parameters(tiny_data, tmp_path)
 
     with pytest.raises(ConfigError, match="ZeRO-3 partitions every module parameter"):
         trainer(tiny_data, tmp_path, ["model.adapters.kind=language"], stage=3)
+
+
+@pytest.mark.parametrize("precision, informed", [("working", True), ("fp32", False)])
+def test_non_finite_hypergradient_skips_phi_and_informs_the_fp16_loss_scaler(tiny_data, tmp_path, monkeypatch,
+                                                                              precision, informed):
+    """16-bit meta passes that overflow tell DeepSpeed's loss scaler, as an overflowing θ step does; fp32 meta passes
+    use no loss scale, so their overflow says nothing about it and the scaler is left alone (a deliberate choice)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
+    import negint_ds.train.phi_training as phi_training
+
+    t = trainer(tiny_data, tmp_path, ["model.adapters.kind=language", "meta.enabled=true",
+                                      f"meta.precision={precision}", *QUIET])
+    scaler = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=1000, min_scale=1.0, delayed_shift=1,
+                               consecutive_hysteresis=False)
+    monkeypatch.setattr(t.engine, "fp16_enabled", lambda: True)  # this CPU run stands in for an fp16 one
+    monkeypatch.setattr(t.engine.optimizer, "loss_scaler", scaler, raising=False)
+    real = phi_training.hypergradient
+
+    def overflowing(*args, **kwargs):
+        hg = real(*args, **kwargs)
+        hg.grad[0].view(-1)[0] = float("inf")
+        return hg
+
+    monkeypatch.setattr(phi_training, "hypergradient", overflowing)
+    lang, batches = t.prefetcher.get(0)
+    before = snapshot(t)
+    stats = t.phi.meta_update(0, lang, batches, lr=1e-3, seed_hook=lambda *a: t.seed_dropout(0, *a))
+    assert stats["phi_step_skipped"] == 1.0 and not phi_changed(t, before, lang)
+    assert scaler.cur_scale == (2.0 ** 15 if informed else 2.0 ** 16)

@@ -101,10 +101,10 @@ def test_bad_inputs_stop_before_training(tiny_data, ds2, tmp_path):
     p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
                       "--set", "train.seq_len=2048", "--set", "model.max_positions=2048",
                       "--set", "model.adapters.kind=language", "--set", "meta.enabled=true",
-                      "--set", "meta.val_batch_size=6"])
+                      "--set", "meta.val_batch_size=6", "--set", "meta.val_micro_batch=4"])
     assert p.returncode == 2 and "data does not fit the configuration" in p.stderr
     assert "valid tokens, fewer than train.seq_len=2048" in p.stderr
-    assert "meta.val_batch_size=6 must be a multiple of the validation micro-batch (4)" in p.stderr
+    assert "meta.val_batch_size=6 must be a multiple of meta.val_micro_batch (4)" in p.stderr
     assert not os.path.exists(run), "a refused run must not create its run directory"
 
 

@@ -10,6 +10,7 @@ import copy
 import json
 import os
 
+from ..problems import Problem
 from .loader import ConfigError
 
 _KNOWN_OPTIMIZERS = {"adam", "adamw", "lamb", "onebitadam", "zerooneadam", "onebitlamb", "sgd", "adagrad",
@@ -78,6 +79,46 @@ def resolve_batch(cfg: dict, world_size: int) -> tuple[int, int, int, list[str]]
     return tbs, mbs, gas, problems
 
 
+def inspect_ds_config(cfg: dict, world_size: int, has_gpu: bool,
+                      source: str = "deepspeed config") -> tuple[dict | None, list[Problem]]:
+    """Every problem of a DeepSpeed config, and a copy of it with the batch triple made explicit.
+
+    Args:
+        cfg: DeepSpeed config dict (not modified).
+        world_size: number of data-parallel processes.
+        has_gpu: whether the run's device has a GPU (fp16/bf16 need one).
+        source: the config's file, named in each problem.
+
+    Returns:
+        (resolved, problems): ``resolved`` is None when a problem other than a ``hardware`` one exists
+        (the batch layout or ZeRO stage cannot be trusted then); ``problems`` are in the order
+        :func:`check_ds_config` reports them.
+    """
+    cfg = copy.deepcopy(cfg)
+    tbs, mbs, gas, batch = resolve_batch(cfg, world_size)
+    problems = [Problem("config", p, source) for p in batch]
+    fp16 = bool(cfg.get("fp16", {}).get("enabled", False))
+    bf16 = bool(cfg.get("bf16", {}).get("enabled", False))
+    if fp16 and bf16:
+        problems.append(Problem("config", "fp16.enabled and bf16.enabled: choose one", source))
+    if (fp16 or bf16) and not has_gpu:
+        problems.append(Problem("hardware", f"{'fp16' if fp16 else 'bf16'}.enabled: mixed precision needs a GPU; "
+                                            f"on CPU DeepSpeed trains in fp32 (use ds_configs/cpu_*.json)", source))
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        problems.append(Problem("config", f"zero_optimization.stage: must be 0, 1, 2 or 3, got {stage!r}", source))
+    opt = cfg.get("optimizer")
+    if not isinstance(opt, dict) or "type" not in opt:
+        problems.append(Problem("config", "optimizer: a section {\"type\": \"AdamW\", \"params\": {...}} is required",
+                                source))
+    elif str(opt["type"]).lower() not in _KNOWN_OPTIMIZERS:
+        problems.append(Problem("config", f"optimizer.type: unknown optimizer {opt['type']!r}", source))
+    if any(p.category != "hardware" for p in problems):
+        return None, problems
+    cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"] = tbs, mbs, gas
+    return cfg, problems
+
+
 def check_ds_config(cfg: dict, world_size: int, has_gpu: bool, source: str = "deepspeed config") -> dict:
     """Validate a DeepSpeed config and return a copy with the batch triple made explicit.
 
@@ -85,27 +126,10 @@ def check_ds_config(cfg: dict, world_size: int, has_gpu: bool, source: str = "de
         ConfigError: batch arithmetic does not hold; fp16/bf16 requested without a GPU; both fp16 and
             bf16 on; ZeRO stage outside 0–3; optimizer section missing or of an unknown type.
     """
-    cfg = copy.deepcopy(cfg)
-    tbs, mbs, gas, problems = resolve_batch(cfg, world_size)
-    fp16 = bool(cfg.get("fp16", {}).get("enabled", False))
-    bf16 = bool(cfg.get("bf16", {}).get("enabled", False))
-    if fp16 and bf16:
-        problems.append("fp16.enabled and bf16.enabled: choose one")
-    if (fp16 or bf16) and not has_gpu:
-        problems.append(f"{'fp16' if fp16 else 'bf16'}.enabled: mixed precision needs a GPU; on CPU DeepSpeed "
-                        f"trains in fp32 (use ds_configs/cpu_*.json)")
-    stage = cfg.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        problems.append(f"zero_optimization.stage: must be 0, 1, 2 or 3, got {stage!r}")
-    opt = cfg.get("optimizer")
-    if not isinstance(opt, dict) or "type" not in opt:
-        problems.append("optimizer: a section {\"type\": \"AdamW\", \"params\": {...}} is required")
-    elif str(opt["type"]).lower() not in _KNOWN_OPTIMIZERS:
-        problems.append(f"optimizer.type: unknown optimizer {opt['type']!r}")
+    resolved, problems = inspect_ds_config(cfg, world_size, has_gpu, source)
     if problems:
-        raise ConfigError(problems, source=source)
-    cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"] = tbs, mbs, gas
-    return cfg
+        raise ConfigError([p.message for p in problems], source=source)
+    return resolved
 
 
 def zero_stage(cfg: dict) -> int:

@@ -295,10 +295,12 @@ class MetaConfig:
     L_val on the valid split (``meta_use_valid_set=True``), language i included in the validation sum
     (``only_valid_other_langs=False``), validation batches of 64 sequences (``valid_max_batch_size``),
     β = the current learning rate (``use_current_lr=True``). Where the official code departs from
-    Algorithm 1 we follow the paper: φ is updated before θ (the code updates θ first), the Hessian term
-    uses Eq. 8's finite differences by default (the code differentiates through θ' exactly:
-    ``hypergradient: exact``), and φ is trained by the meta-gradient only (the code's default optimizer
-    also applies the train-loss gradient to the adapters: ``phi_train_loss: true``).
+    Algorithm 1 we follow the paper by default and offer the code's behaviour as options (the recipe
+    ``jointpair_en_sw_meta_adpt_official`` sets them all): the code updates θ first and then φ at
+    θ^(t+1) (``order: theta_first``) on a freshly drawn train batch (``phi_batch: fresh``), differentiates
+    through θ' exactly (``hypergradient: exact``; Eq. 8's finite differences are the paper's default),
+    and its default optimizer also applies the train-loss gradient to the adapters
+    (``phi_train_loss: true``).
     """
 
     enabled: bool = False
@@ -314,7 +316,7 @@ class MetaConfig:
     include_self: bool = True
     #: Global sequences per language in the validation sum at each meta step.
     val_batch_size: int = 64
-    #: Sequences per validation micro-batch (None: DeepSpeed's train_micro_batch_size_per_gpu).
+    #: Sequences per validation micro-batch (None: gcd(train micro-batch, val_batch_size / world size)).
     val_micro_batch: Optional[int] = None
     #: Use a uniform random subset of K languages in the validation sum (unbiased); None: all.
     langs_per_step: Optional[int] = None
@@ -322,6 +324,28 @@ class MetaConfig:
     every: int = 1
     #: Also step φ_i with the train-loss gradient during the θ step (official code's default behaviour).
     phi_train_loss: bool = False
+    #: Precision of the meta step's passes. ``fp32``: θ (DeepSpeed's fp32 master weights under ZeRO 1–2, else
+    #: an fp32 copy of the module) and φ (its fp32 masters) in fp32; θ', θ± formed in fp32 and the virtual
+    #: step, validation pass and probes run with fp32 parameters, whatever the training precision (TF32
+    #: matmuls off). ``working``: the module's own dtype (bf16/fp16 on GPU) — cheaper, but there the
+    #: second-order term is mostly rounding noise (README: "Precision of the meta step").
+    precision: Literal["fp32", "working"] = "fp32"
+    #: Finite-difference scheme for Eq. 8: ``central`` (g⁺ − g⁻)/2ε, error O(ε²), two probes; ``forward``
+    #: (g⁺ − g)/ε, error O(ε), one probe (g = ∇φ L_train^i at θ comes from the virtual step's backward).
+    fd_scheme: Literal["central", "forward"] = "central"
+    #: ``phi_first``: Algorithm 1 (φ_i step at θ^(t), then θ on L_train(θ, φ^(t+1))); ``theta_first``: the
+    #: official code (θ step with φ^(t), then the φ_i step at θ^(t+1)).
+    order: Literal["phi_first", "theta_first"] = "phi_first"
+    #: Train batch of the φ step's virtual step and probes: ``same`` as the θ step's (Algorithm 1), or a
+    #: ``fresh`` batch of language i drawn for it (official code).
+    phi_batch: Literal["same", "fresh"] = "same"
+    #: φ's optimiser in the meta step: ``adamw`` (DeepSpeed's betas/eps/decay; official code) or ``sgd``
+    #: (φ_i ← φ_i − α ∇φ_i F, Eq. 3 literally).
+    phi_optimizer: Literal["adamw", "sgd"] = "adamw"
+    #: Draw every dropout mask explicitly (fp32 uniforms from the seeded RNG; attention with dropout on the math
+    #: formula) so the virtual step, the probes and the θ step see identical masks on every backend and dtype.
+    #: false keeps PyTorch's fused kernels (faster attention on GPU; the masks then differ between kernels).
+    explicit_dropout: bool = True
 
     def validate(self) -> list[str]:
         p = []
@@ -338,6 +362,9 @@ class MetaConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 p.append(f"{name}: must be positive or null, got {v}")
+        if self.fd_scheme != "central" and self.hypergradient != "finite_difference":
+            p.append(f"fd_scheme: {self.fd_scheme!r} applies to hypergradient=finite_difference, not "
+                     f"{self.hypergradient!r}")
         return p
 
 

@@ -1,304 +1,208 @@
-"""Hypergradient of the language-specific parameters φ_i (Wang et al. 2020, §4.1, Algorithm 1, Eq. 4 and 8).
+"""Hypergradient of the language-specific parameters φ_i (Wang et al. 2020, §4.1, Algorithm 1, Eq. 3, 4 and 8).
 
 For the language i trained at a step, with θ the shared and φ the language-specific parameters:
 
-    θ'(φ_i) = θ − β ∇θ L_train^i(θ, φ_i)                                     (Algorithm 1, virtual step)
+    θ'(φ_i) = θ − β ∇θ L_train^i(θ, φ_i)                                     (Eq. 3, virtual step)
     F(φ_i)  = (1/|S|) Σ_{j∈S} L_val^j(θ'(φ_i), φ_j)                          (meta objective)
     ∇φ_i F  = ∂φ_i F |_{θ'}  −  β ∇²_{φ_i,θ} L_train^i(θ, φ_i) · v,   v = ∇θ' F   (Eq. 4)
 
-``exact`` differentiates through θ' (second-order autograd; attention uses the math SDPA kernel, the
-only one with a double backward, and adapters use the torch reference, not the fused kernel whose backward
-is not differentiable). ``finite_difference`` replaces the mixed second derivative by a
-central difference (Eq. 8, as DARTS):
+Both methods compute the first term (``direct``) and v in one first-order backward of the validation
+sum at θ', and differ only in the mixed Hessian-vector product H·v = ∇²_{φ_i,θ} L_train^i · v:
 
-    ∇²_{φ_i,θ} L_train^i · v ≈ (∇φ_i L_train^i(θ⁺, φ_i) − ∇φ_i L_train^i(θ⁻, φ_i)) / 2ε,
-    θ± = θ ± ε v,   ε = c / ‖v‖   (DARTS: c = 0.01)
+* ``exact``: H·v = ∇φ_i ⟨∇θ L_train^i(θ, φ_i), v⟩ by double backward of the train loss (attention on the
+  math SDPA kernel and adapters on the torch reference: the only twice-differentiable versions). This is
+  Eq. 4 exactly — the same value as differentiating through θ' (what the official code does) — and, unlike
+  keeping θ''s graph through the validation sum, costs one extra train forward instead of that memory.
+* ``finite_difference`` (Eq. 8, as DARTS), ε = c/‖v‖:
+  ``central``  H·v ≈ (∇φ_i L_train^i(θ⁺) − ∇φ_i L_train^i(θ⁻)) / 2ε, θ± = θ ± εv, error O(ε²), two probes;
+  ``forward``  H·v ≈ (∇φ_i L_train^i(θ⁺) − ∇φ_i L_train^i(θ)) / ε, error O(ε), one probe: ∇φ_i L_train^i(θ)
+  comes from the virtual step's backward, which only has to ask for φ_i's gradient as well.
 
-θ is never modified: θ', θ⁺ and θ⁻ are separate tensors passed through ``torch.func.functional_call``,
-so θ after the probes is bit-identical to θ before. The two probes need only φ_i's gradient, so θ± are
-plain tensors and autograd computes no weight gradient for θ there.
+θ is never modified: θ', θ⁺ and θ⁻ are separate tensors passed through ``torch.func.functional_call``, so θ
+after the probes is bit-identical to θ before; the probes compute φ_i's gradient only. The values used for
+θ and φ are a :class:`~negint_ds.meta.state.MetaParams` (fp32 masters with ``meta.precision: fp32``).
 
-All functions work on one process's micro-batches; ``reduce_mean`` averages a list of tensors over
-data-parallel ranks (identity on one process) so every rank gets the global-batch hypergradient. A
-``scale`` (fp16 loss scale) multiplies every loss before differentiation and is divided out after.
+Everything works on one process's micro-batches; ``reduce_mean`` averages a list of tensors over
+data-parallel ranks (identity on one process) so every rank gets the global-batch hypergradient (H·v is
+linear in the per-rank train gradients, so each rank's ∇φ_i⟨g_r, v⟩ with the global v averages to the
+global one). A ``scale`` (fp16 loss scale) multiplies every loss before differentiation and is divided
+out after.
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from ..kernels import fd_hvp_reference as fd_ops
+from ..kernels import fd_hvp_reference as fd_ref_ops
 from ..kernels import reference_only
-from ..mlm import MLMBatch
+from .passes import BeforeForward, accumulate, call, changed_fraction, eager, leaves, math_sdpa, mlm_loss, zeros
+from .state import Hypergradient, MetaInputs, MetaParams
 
 ReduceMean = Callable[[list[torch.Tensor]], None]
-BeforeForward = Callable[[str, int, int], None]
-
-
-@dataclass
-class MetaInputs:
-    """This rank's batches for one meta step.
-
-    Attributes:
-        train: micro-batches of the trained language i (the step's batch).
-        val: the validation sum's terms: (language j, micro-batches of j), one entry per j ∈ S.
-    """
-
-    train: list[MLMBatch]
-    val: list[tuple[int, list[MLMBatch]]]
-
-
-@dataclass
-class Hypergradient:
-    """Result of one hypergradient computation (all values averaged over ranks, loss scale removed).
-
-    Attributes:
-        grad: fp32 tensors (fp64 for an fp64 model), one per φ_i tensor in ``phi_names`` order.
-        train_loss / val_loss: L_train^i(θ, φ_i) and F at θ' (this rank's mean; nats).
-        v_norm: ‖∇θ' F‖ (None for ``exact``, which never forms v; None rather than NaN keeps metrics.jsonl
-            valid JSON).
-        eps: the finite-difference step ε (None for ``exact``).
-        changed_fraction: share of θ elements that θ⁺ = θ + εv changes after rounding to the parameters'
-            dtype (near 1 means the perturbation is representable; near 0 in bf16/fp16 with a small ε
-            means the difference quotient measures rounding, not curvature). None for fp32/fp64.
-        virtual_changed_fraction: the same for the virtual step θ' = θ − βg: with β ≈ the learning rate,
-            bf16 rounds most of it away, so the direct term ∂φF is then taken at ≈ θ rather than θ'.
-    """
-
-    grad: list[torch.Tensor]
-    train_loss: float
-    val_loss: float
-    v_norm: float | None
-    eps: float | None = None
-    changed_fraction: float | None = None
-    virtual_changed_fraction: float | None = None
+METHODS = ("finite_difference", "exact")
+SCHEMES = ("central", "forward")
 
 
 def _noop(_: list[torch.Tensor]) -> None:
     return None
 
 
-def mlm_loss(model: nn.Module, overrides: dict[str, torch.Tensor], batch: MLMBatch, lang: int) -> torch.Tensor:
-    """Mean MLM loss of ``model`` with some parameters replaced by ``overrides`` (tied weights follow).
-
-    Args:
-        model: a :class:`~negint_ds.model.MaskedLM`; its own parameters are not modified.
-        overrides: parameter name → tensor of that parameter's shape (and dtype), e.g. θ' or φ_i leaves.
-        batch: one micro-batch on the model's device, every row of language ``lang``.
-        lang: language index (routes the language-specific modules).
+def train_grads(model: nn.Module, params: MetaParams, lang: int, inputs: MetaInputs, scale: float = 1.0,
+                before_forward: BeforeForward | None = None, with_phi: bool = False
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]:
+    """g = ∇θ L_train^i(θ, φ_i) (and, with ``with_phi``, ∇φ_i L_train^i(θ, φ_i)): this rank's micro-batch mean.
 
     Returns:
-        0-d loss tensor (nats per predicted token).
+        (g per θ tensor, φ_i gradients or None — both fp32/fp64 accumulators still multiplied by ``scale``,
+        not yet averaged over ranks — and this rank's mean train loss as a 0-d device tensor in nats).
     """
-    return functional_call(model, overrides, (batch.input_ids, batch.lang_ids, batch.pred_positions, batch.targets),
-                           {"lang": lang}, tie_weights=True, strict=False)
-
-
-def _zeros(like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Gradient accumulators: fp32 for fp16/bf16/fp32 parameters, fp64 for fp64."""
-    return [torch.zeros(t.shape, dtype=fd_ops.acc_dtype(t.dtype), device=t.device) for t in like]
-
-
-def _acc(total: list[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
-    for a, g in zip(total, grads):
-        if g is not None:
-            a += g.to(a.dtype)
-
-
-def _leaves(ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [t.detach().requires_grad_(True) for t in ts]
-
-
-def _call(hook: BeforeForward | None, phase: str, lang: int, micro: int) -> None:
-    if hook is not None:
-        hook(phase, lang, micro)
-
-
-def train_grad_theta(model: nn.Module, theta_names: list[str], lang: int, batches: list[MLMBatch], scale: float = 1.0,
-                     before_forward: BeforeForward | None = None) -> tuple[list[torch.Tensor], float]:
-    """g = ∇θ L_train^i(θ, φ_i), the mean over this rank's micro-batches (not yet averaged over ranks).
-
-    Returns:
-        (one gradient per θ tensor in ``theta_names`` order — fp32, fp64 for an fp64 model — still
-        multiplied by ``scale``; this rank's mean train loss in nats).
-    """
-    params = dict(model.named_parameters())
-    theta = _leaves([params[n] for n in theta_names])
-    g, loss_sum = _zeros(theta), torch.zeros((), device=theta[0].device)
-    for m, mb in enumerate(batches):
-        _call(before_forward, "train", lang, m)
-        loss = mlm_loss(model, dict(zip(theta_names, theta)), mb, lang)
-        _acc(g, torch.autograd.grad(loss * (scale / len(batches)), theta, allow_unused=True))
+    theta = leaves(params.theta)
+    phi = leaves(params.phi[lang]) if with_phi else params.phi[lang]
+    g, g_phi = zeros(theta), zeros(phi) if with_phi else None
+    loss_sum = torch.zeros((), device=theta[0].device)
+    for m, mb in enumerate(inputs.train):
+        call(before_forward, inputs.train_phase, lang, m)
+        loss = mlm_loss(model, params.overrides(theta, lang, phi), mb, lang)
+        grads = torch.autograd.grad(loss * (scale / len(inputs.train)), theta + (phi if with_phi else []),
+                                    allow_unused=True)
+        accumulate(g, grads[:len(theta)])
+        if with_phi:
+            accumulate(g_phi, grads[len(theta):])
         loss_sum = loss_sum + loss.detach()
-    return g, float(loss_sum) / len(batches)
+    return g, g_phi, loss_sum / len(inputs.train)
 
 
-def hypergradient_fd(model: nn.Module, theta_names: list[str], phi_names: list[str], lang: int, inputs: MetaInputs,
-                     beta: float, fd_scale: float = 0.01, reduce_mean: ReduceMean = _noop, scale: float = 1.0,
-                     before_forward: BeforeForward | None = None, ops=fd_ops) -> Hypergradient:
-    """∇φ_i F with the finite-difference Hessian-vector product (Eq. 8).
+def val_grads(model: nn.Module, params: MetaParams, theta_prime: list[torch.Tensor], lang: int, inputs: MetaInputs,
+              scale: float = 1.0, before_forward: BeforeForward | None = None
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """v = ∇θ' F and the direct term ∂φ_i F at θ' (θ' held fixed): one first-order backward per micro-batch.
 
-    Args:
-        model: the :class:`~negint_ds.model.MaskedLM` (its parameters are read, never written).
-        theta_names / phi_names: names of θ and of φ_i in ``model.named_parameters()``.
-        lang: i, the trained language.
-        inputs: this rank's micro-batches.
-        beta: virtual step size β (the paper: the current learning rate).
-        fd_scale: c in ε = c/‖v‖.
-        reduce_mean: in-place mean over data-parallel ranks.
-        scale: loss scale (fp16); gradients are returned unscaled.
-        before_forward: called as (phase, language, micro-batch) before every forward; the driver seeds
-            dropout there so that the virtual step and both probes see the same dropout masks.
-        ops: the multi-tensor ops (:mod:`negint_ds.kernels.fd_hvp_reference` or a fused implementation).
+    Language j's forward uses φ_j's own values; only the j = i term depends on φ_i directly.
 
     Returns:
-        :class:`Hypergradient`. If v = 0 the curvature term vanishes and ε is reported as 0.
+        (v per θ tensor, ∂φ_i F per φ_i tensor — scaled, this rank's — and this rank's F as a 0-d tensor).
     """
-    params = dict(model.named_parameters())
-    theta = [params[n].detach() for n in theta_names]
-    phi = [params[n].detach() for n in phi_names]
-
-    g, train_loss = train_grad_theta(model, theta_names, lang, inputs.train, scale, before_forward)
-    reduce_mean(g)
-    theta_prime = ops.perturb(theta, g, -beta / scale)  # θ' = θ − β g
-    del g
-    low_precision = theta[0].dtype in (torch.float16, torch.bfloat16)
-    virtual_changed = _changed_fraction(theta, theta_prime) if low_precision else None
-
-    v, direct = _zeros(theta), _zeros(phi)
-    val_loss = torch.zeros((), device=theta[0].device)
-    tp = _leaves(theta_prime)
+    tp = leaves(theta_prime)
+    v, direct = zeros(tp), zeros(params.phi[lang])
+    val_loss = torch.zeros((), device=tp[0].device)
     for j, mbs in inputs.val:
         w = scale / (len(inputs.val) * len(mbs))
         for m, mb in enumerate(mbs):
-            ph = _leaves(phi)
-            _call(before_forward, "val", j, m)
-            loss = mlm_loss(model, {**dict(zip(theta_names, tp)), **dict(zip(phi_names, ph))}, mb, j)
-            grads = torch.autograd.grad(loss * w, tp + ph, allow_unused=True)
-            _acc(v, grads[:len(tp)])
-            _acc(direct, grads[len(tp):])
+            phi_j = leaves(params.phi[j]) if j == lang else params.phi[j]
+            call(before_forward, "val", j, m)
+            loss = mlm_loss(model, params.overrides(tp, j, phi_j), mb, j)
+            grads = torch.autograd.grad(loss * w, tp + (phi_j if j == lang else []), allow_unused=True)
+            accumulate(v, grads[:len(tp)])
+            if j == lang:
+                accumulate(direct, grads[len(tp):])
             val_loss = val_loss + loss.detach() * (w / scale)
-    val_loss = float(val_loss)
-    del tp
-    reduce_mean(v)
-    v_norm = float(ops.global_norm(v)) / scale
-    if v_norm == 0.0:
-        reduce_mean(direct)
-        return Hypergradient([d / scale for d in direct], train_loss, val_loss, 0.0, 0.0, None, virtual_changed)
-    eps = fd_scale / v_norm  # ε = c/‖v‖ with v unscaled; the scaled v needs ε/scale
-    probes, changed = [], None
-    theta_pm = theta_prime  # θ' is no longer needed: its buffers hold θ⁺, then θ⁻
-    for sign in (1.0, -1.0):
-        ops.perturb(theta, v, sign * eps / scale, out=theta_pm)
-        if sign > 0 and low_precision:
-            changed = _changed_fraction(theta, theta_pm)
-        acc = _zeros(phi)
-        for m, mb in enumerate(inputs.train):
-            ph = _leaves(phi)
-            _call(before_forward, "train", lang, m)
-            loss = mlm_loss(model, {**dict(zip(theta_names, theta_pm)), **dict(zip(phi_names, ph))}, mb, lang)
-            _acc(acc, torch.autograd.grad(loss * (scale / len(inputs.train)), ph, allow_unused=True))
-        probes.append(acc)
-    del theta_pm, theta_prime
-    grad = ops.combine(direct, probes[0], probes[1], beta, eps)
-    reduce_mean(grad)
-    return Hypergradient([t / scale for t in grad], train_loss, val_loss, v_norm, eps, changed, virtual_changed)
+    return v, direct, val_loss
 
 
-def _changed_fraction(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    """Share of elements that differ between two lists of same-shaped tensors (one host sync)."""
-    diff = torch.stack([(x != y).sum() for x, y in zip(a, b)]).sum()
-    return float(diff) / max(1, sum(x.numel() for x in a))
+def probe_grads(model: nn.Module, params: MetaParams, theta_at: list[torch.Tensor], lang: int, inputs: MetaInputs,
+                scale: float = 1.0, before_forward: BeforeForward | None = None) -> list[torch.Tensor]:
+    """∇φ_i L_train^i(θ_at, φ_i) over this rank's train micro-batches (scaled; θ_at is a plain tensor list,
+    so autograd computes no weight gradient for θ)."""
+    acc = zeros(params.phi[lang])
+    for m, mb in enumerate(inputs.train):
+        phi = leaves(params.phi[lang])
+        call(before_forward, inputs.train_phase, lang, m)
+        loss = mlm_loss(model, params.overrides(theta_at, lang, phi), mb, lang)
+        accumulate(acc, torch.autograd.grad(loss * (scale / len(inputs.train)), phi, allow_unused=True))
+    return acc
 
 
-def math_sdpa():
-    """Context that restricts ``scaled_dot_product_attention`` to the math kernel (twice differentiable)."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+def exact_hvp(model: nn.Module, params: MetaParams, lang: int, inputs: MetaInputs, v: list[torch.Tensor],
+              scale: float = 1.0, before_forward: BeforeForward | None = None) -> list[torch.Tensor]:
+    """H·v = ∇φ_i ⟨∇θ L_train^i(θ, φ_i), v⟩ by double backward (Eq. 4's term without −β), this rank's batches.
 
-        return sdpa_kernel([SDPBackend.MATH])
-    except ImportError:  # pragma: no cover - torch < 2.3
-        return contextlib.nullcontext()
-
-
-def hypergradient_exact(model: nn.Module, theta_names: list[str], phi_names: list[str], lang: int, inputs: MetaInputs,
-                        beta: float, reduce_mean: ReduceMean = _noop, scale: float = 1.0,
-                        before_forward: BeforeForward | None = None,
-                        reduce_mean_differentiable: Callable[[torch.Tensor], torch.Tensor] | None = None
-                        ) -> Hypergradient:
-    """∇φ_i F by differentiating through θ' (second order; the reference for :func:`hypergradient_fd`).
-
-    Args:
-        model, theta_names, phi_names, lang, inputs, beta, reduce_mean, scale, before_forward: as
-            :func:`hypergradient_fd`.
-        reduce_mean_differentiable: averages one tensor over ranks inside the autograd graph
-            (``torch.distributed.nn.functional.all_reduce(t) / world``), so θ' uses the global-batch
-            gradient with its dependence on φ_i intact; a collective whose backward is one too, so every
-            rank must run this function. None on one process.
-
-    Returns:
-        :class:`Hypergradient` with no ``v_norm`` and no ε (nothing is differenced).
+    ``v`` must already be unscaled; the result carries ``scale`` once (like the other scaled gradients).
     """
-    params = dict(model.named_parameters())
+    acc = zeros(params.phi[lang])
     with math_sdpa(), reference_only():  # double backward: math attention, torch (not fused) adapters
-        theta = _leaves([params[n] for n in theta_names])
-        phi = _leaves([params[n] for n in phi_names])
-        over = {**dict(zip(theta_names, theta)), **dict(zip(phi_names, phi))}
-        g, train_loss = None, torch.zeros((), device=theta[0].device)
         for m, mb in enumerate(inputs.train):
-            _call(before_forward, "train", lang, m)
-            loss = mlm_loss(model, over, mb, lang)
-            gr = torch.autograd.grad(loss * (scale / len(inputs.train)), theta, create_graph=True, allow_unused=True)
-            gr = [torch.zeros_like(t) if x is None else x for t, x in zip(theta, gr)]
-            g = gr if g is None else [a + b for a, b in zip(g, gr)]
-            train_loss = train_loss + loss.detach() / len(inputs.train)
-        if reduce_mean_differentiable is not None:
-            g = [reduce_mean_differentiable(x) for x in g]
-        theta_prime = [t - (beta / scale) * x for t, x in zip(theta, g)]
-        tp_over = {**dict(zip(theta_names, theta_prime)), **dict(zip(phi_names, phi))}
-        grad, val_loss = _zeros(phi), torch.zeros((), device=theta[0].device)
-        for j, mbs in inputs.val:
-            w = scale / (len(inputs.val) * len(mbs))
-            for m, mb in enumerate(mbs):
-                _call(before_forward, "val", j, m)
-                loss = mlm_loss(model, tp_over, mb, j)
-                _acc(grad, torch.autograd.grad(loss * w, phi, retain_graph=True, allow_unused=True))
-                val_loss = val_loss + loss.detach() * (w / scale)
-    reduce_mean(grad)
-    # losses stay on the device until here: one host sync per step, not one per micro-batch
-    return Hypergradient([t / scale for t in grad], float(train_loss), float(val_loss), None, None, None)
+            theta, phi = leaves(params.theta), leaves(params.phi[lang])
+            call(before_forward, inputs.train_phase, lang, m)
+            loss = mlm_loss(model, params.overrides(theta, lang, phi), mb, lang)
+            g = torch.autograd.grad(loss * (scale / len(inputs.train)), theta, create_graph=True, allow_unused=True)
+            dot = sum((gk * vk.to(gk.dtype)).sum() for gk, vk in zip(g, v) if gk is not None)
+            accumulate(acc, torch.autograd.grad(dot, phi, allow_unused=True))
+    return acc
 
 
-@torch.no_grad()
-def meta_objective(model: nn.Module, theta_names: list[str], phi_names: list[str], phi_values: Sequence[torch.Tensor],
-                   lang: int, inputs: MetaInputs, beta: float) -> float:
-    """F(φ_i) for given φ_i values (one process, no loss scale): the quantity both hypergradients differentiate.
-
-    Used as a brute-force check: (F(φ + δu) − F(φ − δu)) / 2δ must equal ⟨∇φ_i F, u⟩.
+def hypergradient(model: nn.Module, params: MetaParams, lang: int, inputs: MetaInputs, beta: float,
+                  method: str = "finite_difference", fd_scale: float = 0.01, fd_scheme: str = "central",
+                  reduce_mean: ReduceMean = _noop, scale: float = 1.0, before_forward: BeforeForward | None = None,
+                  ops=fd_ref_ops) -> Hypergradient:
+    """∇φ_i F for the trained language ``lang`` (Algorithm 1 line 6; Eq. 3, 4 and 8).
 
     Args:
-        phi_values: one tensor per name in ``phi_names``; the other arguments as :func:`hypergradient_fd`.
+        model: the :class:`~negint_ds.model.MaskedLM` (read, never written); compiled or not, it runs eagerly.
+        params: values of θ and φ (e.g. fp32 masters on a bf16 module; see :class:`MetaParams`).
+        lang: i, the trained language.
+        inputs: this rank's micro-batches (train batch of i; validation batches of every j ∈ S).
+        beta: virtual step size β (the paper: the current learning rate).
+        method: ``finite_difference`` (Eq. 8) or ``exact`` (double backward).
+        fd_scale: c in ε = c/‖v‖ (finite differences).
+        fd_scheme: ``central`` or ``forward`` (finite differences).
+        reduce_mean: in-place mean over data-parallel ranks (a collective: every rank must call this function).
+        scale: loss scale (fp16 working precision); the result is unscaled.
+        before_forward: called as (phase, language, micro-batch) before every forward; the driver seeds
+            dropout there so that the virtual step and the probes see the same dropout masks.
+        ops: the multi-tensor ops (:mod:`negint_ds.kernels.fd_hvp_reference` or a fused implementation).
 
     Returns:
-        F in nats (a Python float).
+        :class:`Hypergradient`. If v = 0 the second-order term vanishes and ε is reported as 0.
+
+    Raises:
+        ValueError: unknown ``method`` or ``fd_scheme``.
     """
-    params = dict(model.named_parameters())
-    phi_over = dict(zip(phi_names, phi_values))
-    with torch.enable_grad():
-        theta = _leaves([params[n] for n in theta_names])
-        g = _zeros(theta)
-        for mb in inputs.train:
-            loss = mlm_loss(model, {**dict(zip(theta_names, theta)), **phi_over}, mb, lang)
-            _acc(g, torch.autograd.grad(loss / len(inputs.train), theta, allow_unused=True))
-    theta_prime = [t.detach() - beta * x.to(t.dtype) for t, x in zip(theta, g)]
-    total = 0.0
-    for j, mbs in inputs.val:
-        for mb in mbs:
-            loss = mlm_loss(model, {**dict(zip(theta_names, theta_prime)), **phi_over}, mb, j)
-            total += float(loss) / (len(inputs.val) * len(mbs))
-    return total
+    if method not in METHODS or fd_scheme not in SCHEMES:
+        raise ValueError(f"hypergradient: method must be one of {METHODS} and fd_scheme one of {SCHEMES}, got "
+                         f"{method!r}, {fd_scheme!r}")
+    forward = method == "finite_difference" and fd_scheme == "forward"
+    theta, low = params.theta, params.dtype in (torch.float16, torch.bfloat16)
+    with eager(model):
+        g, g_phi, train_loss = train_grads(model, params, lang, inputs, scale, before_forward, with_phi=forward)
+        reduce_mean(g + (g_phi or []))
+        theta_prime = ops.perturb(theta, g, -beta / scale)  # θ' = θ − β g, rounded once to θ's dtype
+        del g
+        virtual_changed = changed_fraction(theta, theta_prime, params.dtype) if low else None
+        v, direct, val_loss = val_grads(model, params, theta_prime, lang, inputs, scale, before_forward)
+        reduce_mean(v + direct)
+        v_norm = float(ops.global_norm(v)) / scale
+        eps, changed = None, None
+        if v_norm == 0.0:
+            grad = direct
+            eps = 0.0 if method == "finite_difference" else None
+        elif method == "exact":
+            del theta_prime
+            hvp = exact_hvp(model, params, lang, inputs, [t / scale for t in v], scale, before_forward)
+            reduce_mean(hvp)
+            grad = [d - beta * h for d, h in zip(direct, hvp)]
+        else:
+            eps = fd_scale / v_norm  # ε = c/‖v‖ with v unscaled
+            probes, theta_pm = [], theta_prime  # θ' is no longer needed: its buffers hold θ⁺ (then θ⁻)
+            for sign in ((1.0,) if forward else (1.0, -1.0)):
+                ops.perturb(theta, v, sign * eps / scale, out=theta_pm)  # the scaled v needs ε/scale
+                if sign > 0 and low:
+                    changed = changed_fraction(theta, theta_pm, params.dtype)
+                probes.append(probe_grads(model, params, theta_pm, lang, inputs, scale, before_forward))
+            del theta_pm, theta_prime
+            if forward:  # (g⁺ − g)/ε = (g⁺ − g)/(2·(ε/2)): the central combine with half the step
+                reduce_mean(probes[0])
+                grad = ops.combine(direct, probes[0], g_phi, beta, eps / 2)
+            else:
+                reduce_mean(probes[0] + probes[1])
+                grad = ops.combine(direct, probes[0], probes[1], beta, eps)
+    grad = [t / scale for t in grad]
+    direct = [t / scale for t in direct]
+    second = [a - b for a, b in zip(grad, direct)]
+    # losses stay on the device until here: one host sync per step, not one per micro-batch
+    losses = torch.stack([train_loss, val_loss]).tolist()
+    return Hypergradient(grad, direct, second, losses[0], losses[1], v_norm, eps, changed, virtual_changed)
+
+
+__all__ = ["METHODS", "SCHEMES", "exact_hvp", "hypergradient", "probe_grads", "train_grads", "val_grads"]

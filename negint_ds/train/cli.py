@@ -4,18 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError
-from ..data.batches import DataError
-from ..data.binarized import BinarizedError
-from ..data.prepare import DataPrepError
-from ..data.vocab import VocabularyError
-from .run_dir import RunDirError
+from .preflight import USER_ERRORS
 from .setup import RESUMABLE_OVERRIDES, RunArgs
 
-USER_ERRORS = (ConfigError, DataPrepError, DataError, VocabularyError, BinarizedError, RunDirError)
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> RunArgs:
+    """The launcher's command line (``argv`` default: ``sys.argv[1:]``) as :class:`RunArgs`; exits 2 on bad usage."""
     import deepspeed
 
     p = argparse.ArgumentParser(
@@ -32,16 +32,39 @@ def parse_args(argv: list[str] | None = None) -> RunArgs:
     p.add_argument("--resume", action="store_true", help="continue the run in --run_dir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --run_dir and start over")
     p.add_argument("--no_progress", action="store_true", help="no progress bar; log lines instead")
+    p.add_argument("--dry_run", action="store_true",
+                   help="check everything the run would check (recipe, DeepSpeed config, --set, --resume, run "
+                        "directory, data, meta batch layout), build the model on the meta device and print a "
+                        "report; train nothing, write nothing. Exit 0: the run would start; 2: it would be "
+                        "refused (every problem listed)")
+    p.add_argument("--target_device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="with --dry_run: check precision as if on this device (default auto: this machine), "
+                        "e.g. a GPU job from a login node without a GPU")
+    p.add_argument("--world_size", type=_positive_int, default=None,
+                   help="with --dry_run: check the batch arithmetic for N processes (default: $WORLD_SIZE of "
+                        "the launcher, else 1)")
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     p = deepspeed.add_config_arguments(p)
     a = p.parse_args(argv)
+    if not a.dry_run and (a.target_device is not None or a.world_size is not None):
+        p.error("--target_device and --world_size apply to --dry_run only (a real run uses this machine and the "
+                "launcher's world size)")
     return RunArgs(run_dir=a.run_dir, config=a.config, deepspeed_config=a.deepspeed_config, overrides=a.overrides,
-                   resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+                   resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, dry_run=a.dry_run,
+                   target_device=a.target_device or "auto", world_size=a.world_size)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, check everything, train; returns a process exit code (2 = bad input, nothing written)."""
+    """Parse, check everything, train (with ``--dry_run``: check and report only).
+
+    Returns:
+        The process exit code: 0 done (dry run: the run would start), 2 bad input (nothing written).
+    """
     args = parse_args(argv)
+    if args.dry_run:
+        from .dry_run import main as dry_run_main
+
+        return dry_run_main(args)  # no process group: nothing to agree on, and no GPU needed
     from .dist import configure_cpu_threads, init_distributed, shutdown_distributed
 
     rank, world = init_distributed()

@@ -20,12 +20,14 @@ class MetricsLogger:
         lang_ids: language ids (fixes the CSV columns).
         monitor: DeepSpeed ``engine.monitor`` (TensorBoard), or None.
         enabled: False on ranks other than 0.
+        extra_train_cols: more train.csv columns (e.g. the meta step's statistics), after the standard ones.
     """
 
-    def __init__(self, paths, lang_ids: list[str], monitor=None, enabled: bool = True):
+    def __init__(self, paths, lang_ids: list[str], monitor=None, enabled: bool = True,
+                 extra_train_cols: tuple[str, ...] | list[str] = ()):
         self.paths, self.langs, self.monitor, self.enabled = paths, list(lang_ids), monitor, enabled
         self.train_cols = ["step", "loss"] + [f"loss_{l}" for l in self.langs] + [
-            "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+            "lr", "grad_norm", "tokens_per_s", "elapsed_s"] + list(extra_train_cols)
         self.valid_cols = ["step"] + [f"ppl_{l}" for l in self.langs] + [f"loss_{l}" for l in self.langs]
 
     def truncate_after(self, step: int) -> None:

@@ -28,9 +28,10 @@ from ..data.batches import TrainBatches, eval_batches
 from ..data.sampling import LanguageSchedule, language_probs
 from ..data.vocab import N_SPECIAL, PAD_ID
 from ..mlm import MLMBatch
-from ..model import MaskedLM, build_model, count_parameters, flops_per_token
+from ..model import MaskedLM, build_model, count_parameters, flops_per_token, set_explicit_dropout
 from ..params import save_phi, split_parameters
 from ..seeding import derive_seed
+from .compiling import compile_engine
 from .dist import barrier, on_rank0
 from .evaluate import evaluate
 from .lr_schedule import InverseSqrtWithWarmup
@@ -42,6 +43,8 @@ from .setup import Prepared, check_checkpoint_matches, dump_yaml
 
 log = logging.getLogger("negint_ds")
 PHI_STATE = "phi_optimizer.pt"  # per-language φ optimiser state, beside DeepSpeed's files in a checkpoint
+#: train.csv columns of a meta run (also in metrics.jsonl): the last meta step of each logging window
+META_COLUMNS = ("meta_val_loss", "phi_grad_norm", "second_order_share", "v_norm", "fd_eps", "phi_step_skipped")
 
 
 class TrainerCallback:
@@ -108,7 +111,11 @@ class Trainer:
 
         tc = self.cfg.train
         torch.manual_seed(derive_seed(tc.seed, "init"))
-        model = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID)
+        model = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID, self.lang_ids)
+        meta = self.cfg.meta
+        # the meta passes (fp32, any attention kernel) and the θ step must draw the same dropout masks
+        self.explicit_dropout = meta.enabled and meta.explicit_dropout
+        set_explicit_dropout(model, self.explicit_dropout)
         self.split = split_parameters(model, len(self.lang_ids))
         phi_init = [[p.detach().clone() for p in phi.values()] for phi in self.split.phi]  # fp32, before any cast
         for phi in self.split.phi:
@@ -130,15 +137,8 @@ class Trainer:
         self.device = self.engine.device
         self.phi = (PhiTraining(self.cfg, self.engine, self.split, phi_init, ds_cfg, self.prep, self.world, self.rank)
                     if self.split.has_phi else None)
-        if tc.compile:
-            # one graph per language (the `lang` routing argument), per grad mode, and for φ passed as
-            # leaves: keep dynamo from falling back to eager when there are many languages
-            import torch._dynamo.config as dynamo_config
-
-            for knob in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dynamo_config, knob):
-                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 4 * len(self.lang_ids) + 8))
-            self.engine.compile()  # torch.compile through DeepSpeed (fuses LayerNorm/GELU/dropout/residuals)
+        if tc.compile:  # the meta passes run eagerly (see negint_ds.meta.passes.eager); they need its RNG
+            compile_engine(self.engine, len(self.lang_ids), eager_rng=self.explicit_dropout)
         self.micro = self.engine.train_micro_batch_size_per_gpu()
         self.accum = self.engine.gradient_accumulation_steps()
         return model
@@ -155,7 +155,9 @@ class Trainer:
                                                     map_location=self.device, weights_only=False))
             self.step = int(client["step"])
             self.first_eval = client.get("first_eval")
-        self.metrics = MetricsLogger(self.paths, self.lang_ids, self.engine.monitor, enabled=self.rank == 0)
+        extra = META_COLUMNS if self.cfg.meta.enabled else ()
+        self.metrics = MetricsLogger(self.paths, self.lang_ids, self.engine.monitor, enabled=self.rank == 0,
+                                     extra_train_cols=extra)
 
         def align_logs():
             self.metrics.truncate_after(self.step)
@@ -236,7 +238,8 @@ class Trainer:
         torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, phase, lang, micro * self.world + self.rank))
 
     def train_step(self, step: int) -> tuple[int, torch.Tensor, list[MLMBatch]]:
-        """One optimiser step on the language the schedule draws for ``step`` (Algorithm 1 when meta-learning).
+        """One optimiser step on the language the schedule draws for ``step`` (Algorithm 1 when meta-learning:
+        the φ_i step before the θ step, or after it with ``meta.order: theta_first``).
 
         Returns:
             (language index, this rank's mean micro-batch loss as a 0-d device tensor, the micro-batches).
@@ -245,7 +248,9 @@ class Trainer:
         batches = [mb.to(self.device) for mb in batches]  # once: the meta update and the θ step share them
         lr = float(self.engine.get_lr()[0])  # this step's lr (DeepSpeed advances the schedule in step())
         hook = lambda phase, j, m: self.seed_dropout(step, phase, j, m)  # noqa: E731
-        if self.phi is not None and self.phi.meta_due(step):
+        meta = self.phi is not None and self.phi.meta_due(step)
+        theta_first = meta and self.cfg.meta.order == "theta_first"
+        if meta and not theta_first:
             self.phi.meta_update(step, lang, batches, lr, hook)  # φ_i first (Algorithm 1) ...
         leaves = self.phi.train_leaves(lang) if self.phi is not None else None
         scale = loss_scale(self.engine) if leaves is not None else 1.0
@@ -263,6 +268,8 @@ class Trainer:
             total += loss.detach().float()
         if leaves is not None:
             self.phi.apply_train_grads(lang, leaves, lr, scale)
+        if theta_first:  # the official code: φ_i's meta step at θ^(t+1)
+            self.phi.meta_update(step, lang, batches, lr, hook)
         return lang, total / len(batches), batches
 
     def run_eval(self) -> dict:
@@ -448,7 +455,7 @@ class Trainer:
                                     "copy", tag, e, prec)
             state.update(masters)
             os.makedirs(self.paths.export, exist_ok=True)
-            cpu = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID)
+            cpu = build_model(self.cfg.model, self.prep.vocab.size, len(self.lang_ids), PAD_ID, self.lang_ids)
             cpu.load_state_dict(state)
             tmp = os.path.join(self.paths.export, ".model.safetensors.tmp")
             save_model(cpu, tmp)
