@@ -47,8 +47,6 @@ def _parse(argv):
 
 
 def _model_and_config(a):
-    from .model import build_model
-
     if a.run_dir:
         from .checkpoint import load_pretrained
 

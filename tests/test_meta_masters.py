@@ -13,16 +13,21 @@ WORKER = os.path.join(REPO, "tests", "masters_worker.py")
 
 
 def run(stage, n):
-    env = dict(os.environ, MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1", PYTHONUNBUFFERED="1")
     if n == 1:
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         cmd = [sys.executable, WORKER, str(stage)]
     else:
         mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
         if mpiexec is None:
             pytest.fail("mpiexec not found: install the test extras (pip install -e '.[test]')")
         cmd = [mpiexec, "-n", str(n), sys.executable, WORKER, str(stage)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    for _ in range(3):
+        env = dict(os.environ, MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1", PYTHONUNBUFFERED="1")
+        if n == 1:
+            env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+        # another process can take the probed port before the rendezvous binds it: only then, retry
+        if p.returncode == 0 or "EADDRINUSE" not in p.stderr + p.stdout:
+            break
     results = [json.loads(l[7:]) for l in p.stdout.splitlines() if l.startswith("RESULT ")]
     assert p.returncode == 0 and len(results) == n, p.stdout[-2000:] + p.stderr[-3000:]
     return results

@@ -67,3 +67,20 @@ def test_tf32_emulation_rounds_matmul_operands_to_ten_mantissa_bits():
     torch.testing.assert_close(y, round_to_tf32(a.detach()) @ round_to_tf32(b).T, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ga, round_to_tf32(torch.ones(8, 5)) @ round_to_tf32(b), rtol=1e-6, atol=1e-6)
     assert not torch.equal(y, a.detach() @ b.T)
+
+
+def test_fidelity_command_line_on_prepared_data(tiny_data, tmp_path, capsys):
+    import json
+
+    from negint_ds.fidelity import main
+
+    out = str(tmp_path / "fid.json")
+    code = main(["--config", tiny_data["recipe"], "--set", "model.adapters.kind=language", "--dtype", "bf16",
+                 "--precision", "fp32,working", "--method", "finite_difference", "--fd_scheme", "central",
+                 "--train_sequences", "4", "--val_sequences", "4", "--json", out])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| fp32 | finite_difference | central |" in table and "| working |" in table
+    rows = {r["precision"]: r for r in json.load(open(out))["rows"]}
+    assert rows["fp32"]["second_order"]["rel_error"] < 0.05 < rows["working"]["second_order"]["rel_error"]
+    assert main(["--config", tiny_data["recipe"], "--set", "meta.enabled=true"]) == 2, "bad recipe: exit 2"

@@ -19,6 +19,7 @@ import torch
 from ..model import MaskedLM
 from ..params import split_parameters
 from .hypergrad import hypergradient
+from .objective import plain_copy
 from .passes import math_sdpa
 from .state import Hypergradient, MetaInputs, MetaParams
 from .tf32 import emulate_tf32
@@ -38,14 +39,6 @@ def agreement(candidate: Sequence[torch.Tensor], reference: Sequence[torch.Tenso
             "rel_error": float((a - b).norm() / b.norm()) if float(b.norm()) > 0 else float("nan")}
 
 
-def _copy(model: MaskedLM, dtype: torch.dtype) -> MaskedLM:
-    p = next(model.parameters())
-    with torch.random.fork_rng(devices=[]):
-        out = MaskedLM(model.dims).to(device=p.device)
-    out.load_state_dict(model.state_dict())
-    return out.to(dtype).train(model.training)
-
-
 def fp32_values(reference: MaskedLM) -> MetaParams:
     """θ and φ of ``reference`` rounded to fp32: what DeepSpeed's and the φ optimiser's fp32 masters hold."""
     split = split_parameters(reference, reference.dims.n_langs)
@@ -56,7 +49,7 @@ def fp32_values(reference: MaskedLM) -> MetaParams:
 
 def references(model: MaskedLM, lang: int, inputs: MetaInputs, beta: float) -> tuple[Hypergradient, Hypergradient]:
     """The fp64 double-backward hypergradients at ``model``'s values for β and for 0 (what :func:`measure` uses)."""
-    m = _copy(model, torch.float64)
+    m = plain_copy(model, torch.float64)
     params = MetaParams.from_module(m, split_parameters(m, m.dims.n_langs))
     return tuple(hypergradient(m, params, lang, inputs, b, method="exact") for b in (beta, 0.0))
 
@@ -82,8 +75,8 @@ def measure(model: MaskedLM, lang: int, inputs: MetaInputs, beta: float, dtype: 
         reference: ‖β H·v‖/‖∂φF‖), "changed_fraction", "virtual_changed_fraction", "v_norm"}.
     """
     ref, ref0 = refs or references(model, lang, inputs, beta)
-    work = _copy(model, dtype)
-    params = (fp32_values(_copy(model, torch.float64)) if precision == "fp32"
+    work = plain_copy(model, dtype)
+    params = (fp32_values(plain_copy(model, torch.float64)) if precision == "fp32"
               else MetaParams.from_module(work, split_parameters(work, work.dims.n_langs)))
     ctx = contextlib.ExitStack()
     if tf32:

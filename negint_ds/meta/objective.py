@@ -17,13 +17,14 @@ from ..params import split_parameters
 from .state import MetaInputs
 
 
-def _copy(model: MaskedLM) -> MaskedLM:
-    """A plain copy (same class, dims, values, dtype, device and mode), free of any hooks on ``model``."""
+def plain_copy(model: MaskedLM, dtype: torch.dtype | None = None) -> MaskedLM:
+    """A plain copy (same dims, values, device and mode; ``dtype`` or the same), free of any hooks on ``model``
+    (e.g. DeepSpeed's gradient hooks) and of its compiled forward."""
     p = next(model.parameters())
     with torch.random.fork_rng(devices=[]):  # construction draws an initialisation: keep the caller's RNG state
         out = MaskedLM(model.dims).to(device=p.device, dtype=p.dtype)
     out.load_state_dict(model.state_dict())
-    return out.train(model.training)
+    return out.to(dtype or p.dtype).train(model.training)
 
 
 def meta_objective(model: MaskedLM, lang: int, phi_values: Sequence[torch.Tensor], inputs: MetaInputs,
@@ -50,7 +51,7 @@ class _Evaluator:
     """F on one private copy of the model, reset to the original values before every evaluation."""
 
     def __init__(self, model: MaskedLM):
-        self.m = _copy(model)
+        self.m = plain_copy(model)
         self.start = {k: v.clone() for k, v in self.m.state_dict().items()}
         self.split = split_parameters(self.m, self.m.dims.n_langs)
 
@@ -105,4 +106,4 @@ def brute_force_hypergradient(model: MaskedLM, lang: int, inputs: MetaInputs, be
     return out
 
 
-__all__ = ["brute_force_hypergradient", "meta_objective"]
+__all__ = ["brute_force_hypergradient", "meta_objective", "plain_copy"]

@@ -2,7 +2,7 @@
 (:class:`MetaParams`) and its result (:class:`Hypergradient`). Notation of Wang et al. 2020, §4.1."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -97,7 +97,6 @@ class Hypergradient:
     eps: float | None = None
     changed_fraction: float | None = None
     virtual_changed_fraction: float | None = None
-    stats: dict = field(default_factory=dict)
 
     def norms(self) -> tuple[float, float, float]:
         """(‖grad‖, ‖direct‖, ‖second_order‖) in one host sync."""

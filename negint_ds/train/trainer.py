@@ -231,9 +231,10 @@ class Trainer:
 
         ``micro`` is this rank's local index k; micro-batch k of rank r is global micro-batch k·world + r
         for the train batch and for the meta-validation batches alike, so a 1-process run with N
-        accumulation steps draws the same dropout masks as N processes. The virtual step, both
-        finite-difference probes and the θ step of a meta step use phase "train" for the step's batch,
-        so they see the same masks.
+        accumulation steps draws the same dropout masks as N processes. The virtual step, the probes
+        (or the exact second-order pass) and the θ step of a meta step use phase "train" for the step's
+        batch, so they see the same masks (with ``meta.phi_batch: fresh`` the φ step's passes share phase
+        "fresh"); ``meta.explicit_dropout`` makes those masks independent of dtype and attention kernel.
         """
         torch.manual_seed(derive_seed(self.cfg.train.seed, "dropout", step, phase, lang, micro * self.world + self.rank))
 
