@@ -101,6 +101,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Set in this process by the in-process trainers' gloo group (fixture ``process_group``); a child process that
+#: inherited them would skip DeepSpeed's MPI discovery and every mpiexec rank would act as rank 0 of 1.
+_GROUP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra: str) -> dict:
+    """The environment for a launched child process: this one's without its process-group variables."""
+    env = {k: v for k, v in os.environ.items() if k not in _GROUP_ENV}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
 def run_launcher(args: list[str], prefix: list[str] | None = None, timeout: int = 600,
                  env: dict | None = None) -> subprocess.CompletedProcess:
     """Run launchers/pretrain.py under ``prefix`` (e.g. ``["deepspeed", "--num_gpus", "2", "--master_port",
@@ -108,7 +120,7 @@ def run_launcher(args: list[str], prefix: list[str] | None = None, timeout: int 
     for attempt in range(3):
         port = str(free_port())
         cmd = [port if a == "{port}" else a for a in (prefix or [sys.executable])] + [LAUNCHER, "--no_progress"] + args
-        e = dict(os.environ, PYTHONUNBUFFERED="1", MASTER_PORT=port, **(env or {}))
+        e = child_env(MASTER_PORT=port, **(env or {}))
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=e)
         # Another process can take the free port between our probe and the rendezvous bind: only then, retry.
         if p.returncode == 0 or "EADDRINUSE" not in p.stderr + p.stdout:

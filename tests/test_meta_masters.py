@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, child_env, free_port
 
 WORKER = os.path.join(REPO, "tests", "masters_worker.py")
 
@@ -21,7 +21,7 @@ def run(stage, n):
             pytest.fail("mpiexec not found: install the test extras (pip install -e '.[test]')")
         cmd = [mpiexec, "-n", str(n), sys.executable, WORKER, str(stage)]
     for _ in range(3):
-        env = dict(os.environ, MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1", PYTHONUNBUFFERED="1")
+        env = child_env(MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1")
         if n == 1:
             env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)

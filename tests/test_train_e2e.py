@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import LAUNCHER, REPO, free_port, load_export, read_metrics, run_launcher, write_ds_config
+from conftest import child_env, free_port, LAUNCHER, load_export, read_metrics, REPO, run_launcher, write_ds_config
 
 NO_DROPOUT = ["--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"]
 
@@ -154,7 +154,7 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_data, ds2, tmp_path):
               "--set", "train.eval_every=1000", "--set", "train.save_every=1000"]
     run = str(tmp_path / "stopped")
     cmd = [sys.executable, LAUNCHER, "--no_progress", "--run_dir", run] + common
-    env = dict(os.environ, MASTER_PORT=str(free_port()))
+    env = child_env(MASTER_PORT=str(free_port()))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     metrics = os.path.join(run, "metrics.jsonl")
     deadline = time.time() + 300
