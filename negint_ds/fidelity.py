@@ -58,13 +58,11 @@ def _model_and_config(a):
     return None, cfg
 
 
-def _batches(cfg: ExperimentConfig, a, vocab_size: int, mask_id: int, lang: int):
+def _batches(cfg: ExperimentConfig, manifest: dict, a, vocab_size: int, mask_id: int, lang: int):
     from .data.binarized import open_binarized
-    from .data.prepare import check_prepared
     from .meta import MetaInputs
     from .meta.val_batches import MetaValBatches
 
-    manifest = check_prepared(cfg.data)
     streams = {split: [open_binarized(os.path.join(cfg.data.dir, manifest["languages"][l]["splits"][split]["file"]))
                        for l in cfg.lang_ids] for split in ("train", "valid")}
     common = dict(seq_len=cfg.train.seq_len, world_size=1, rank=0, mlm=cfg.mlm, vocab_size=vocab_size,
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model.eval()  # no dropout: every pass, reference included, sees the same function
-    inputs = _batches(cfg, a, vocab.size, vocab.mask_id, lang)
+    inputs = _batches(cfg, manifest, a, vocab.size, vocab.mask_id, lang)
     refs = references(model, lang, inputs, a.beta)
     rows = []
     for prec, method, scheme in itertools.product(a.precision.split(","), a.method.split(","),

@@ -1,5 +1,6 @@
 """Worker for tests/test_meta_masters.py: a bf16 DeepSpeed engine on CPU; prints whether fp32_theta returns the
-fp32 masters (checked against DeepSpeed's own safe_get_full_fp32_param). Run under mpiexec or directly."""
+fp32 masters (checked against DeepSpeed's own safe_get_full_fp32_param), one JSON file per rank in the
+directory given as the second argument. Run under mpiexec or directly."""
 import json
 import os
 import sys
@@ -52,6 +53,8 @@ def main(stage: int) -> dict:
 
 if __name__ == "__main__":
     out = main(int(sys.argv[1]))
-    print("RESULT " + json.dumps(out), flush=True)
+    # one file per rank: mpiexec merges the ranks' stdout, and two lines can interleave there
+    with open(os.path.join(sys.argv[2], f"rank{out['rank']}.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import free_port, write_ds_config
+from conftest import write_ds_config
 from negint_ds.meta import mlm_loss
 from negint_ds.train.prefetch import Prefetcher
 from negint_ds.train.setup import RunArgs, prepare_run

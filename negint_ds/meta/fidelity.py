@@ -39,10 +39,10 @@ def agreement(candidate: Sequence[torch.Tensor], reference: Sequence[torch.Tenso
             "rel_error": float((a - b).norm() / b.norm()) if float(b.norm()) > 0 else float("nan")}
 
 
-def fp32_values(reference: MaskedLM) -> MetaParams:
-    """θ and φ of ``reference`` rounded to fp32: what DeepSpeed's and the φ optimiser's fp32 masters hold."""
-    split = split_parameters(reference, reference.dims.n_langs)
-    p = MetaParams.from_module(reference, split)
+def fp32_values(model: MaskedLM) -> MetaParams:
+    """θ and φ of ``model`` as fp32 copies: what DeepSpeed's and the φ optimiser's fp32 masters hold."""
+    split = split_parameters(model, model.dims.n_langs)
+    p = MetaParams.from_module(model, split)
     return MetaParams(p.theta_names, [t.float() for t in p.theta], p.phi_names,
                       [[t.float() for t in ts] for ts in p.phi], source="fp32 masters")
 
@@ -76,7 +76,7 @@ def measure(model: MaskedLM, lang: int, inputs: MetaInputs, beta: float, dtype: 
     """
     ref, ref0 = refs or references(model, lang, inputs, beta)
     work = plain_copy(model, dtype)
-    params = (fp32_values(plain_copy(model, torch.float64)) if precision == "fp32"
+    params = (fp32_values(model) if precision == "fp32"
               else MetaParams.from_module(work, split_parameters(work, work.dims.n_langs)))
     ctx = contextlib.ExitStack()
     if tf32:

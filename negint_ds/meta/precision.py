@@ -22,10 +22,8 @@ import torch
 import torch.distributed as dist
 
 from ..params import ParamSplit
+from ..train.dist import all_reduce_
 from .state import MetaParams
-
-_BUCKET = 1 << 26  # elements per all-reduce when assembling partitioned masters (256 MB of fp32)
-
 
 def _hp_masters(params: list[torch.nn.Parameter]) -> list[torch.Tensor] | None:
     """Whole fp32 masters from DeepSpeed's per-parameter high-precision mapping (a collective), or None."""
@@ -38,20 +36,8 @@ def _hp_masters(params: list[torch.nn.Parameter]) -> list[torch.Tensor] | None:
             a = m.lp_fragment_address
             o.view(-1).narrow(0, a.start, a.numel).copy_(m.get_hp_fragment().reshape(-1))
     group = getattr(params[0], "_dp_group", None)
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        start = 0
-        while start < len(out):  # buckets of whole tensors: one collective each, bounded extra memory
-            end, size = start, 0
-            while end < len(out) and (end == start or size + out[end].numel() <= _BUCKET):
-                size += out[end].numel()
-                end += 1
-            flat = _flatten_dense_tensors(out[start:end])
-            dist.all_reduce(flat, group=group)
-            for o, f in zip(out[start:end], _unflatten_dense_tensors(flat, out[start:end])):
-                o.copy_(f)
-            start = end
+    if dist.is_initialized():  # each element is held by one rank, zero elsewhere: the sum assembles θ
+        all_reduce_(out, dist.get_world_size(group), mean=False, group=group)
     return out
 
 

@@ -118,11 +118,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_elements: int = 1 << 24) -> None:
-    """Average tensors over all ranks in place (no-op for one process).
+def all_reduce_(tensors: list[torch.Tensor], world_size: int, mean: bool = True, group=None,
+                bucket_elements: int = 1 << 24) -> None:
+    """Sum (or, with ``mean``, average) tensors over the ranks of ``group`` in place; no-op for one process.
 
     Tensors are flattened into buckets of at most ``bucket_elements`` per dtype, one collective per bucket,
-    so a θ-sized list (the meta step's g and v) costs one extra bucket of memory, not a second copy of θ.
+    so a θ-sized list (the meta step's g and v, or θ's fp32 masters) costs one extra bucket of memory, not a
+    second copy of θ.
     """
     if world_size <= 1 or not tensors:
         return
@@ -131,16 +133,22 @@ def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_elemen
     buckets: list[list[torch.Tensor]] = []
     open_bucket: dict[torch.dtype, tuple[list[torch.Tensor], list[int]]] = {}
     for t in tensors:
-        group, size = open_bucket.setdefault(t.dtype, ([], [0]))
-        if group and size[0] + t.numel() > bucket_elements:
-            buckets.append(group)
-            group, size = open_bucket[t.dtype] = ([], [0])
-        group.append(t)
+        bucket, size = open_bucket.setdefault(t.dtype, ([], [0]))
+        if bucket and size[0] + t.numel() > bucket_elements:
+            buckets.append(bucket)
+            bucket, size = open_bucket[t.dtype] = ([], [0])
+        bucket.append(t)
         size[0] += t.numel()
-    buckets += [g for g, _ in open_bucket.values() if g]
-    for group in buckets:
-        flat = _flatten_dense_tensors(group)
-        dist.all_reduce(flat)
-        flat /= world_size
-        for t, f in zip(group, _unflatten_dense_tensors(flat, group)):
+    buckets += [b for b, _ in open_bucket.values() if b]
+    for bucket in buckets:
+        flat = _flatten_dense_tensors(bucket)
+        dist.all_reduce(flat, group=group)
+        if mean:
+            flat /= world_size
+        for t, f in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
             t.copy_(f)
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int) -> None:
+    """Average tensors over all ranks in place (no-op for one process); see :func:`all_reduce_`."""
+    all_reduce_(tensors, world_size)

@@ -295,17 +295,5 @@ def fit_problems(cfg: ExperimentConfig, ds_cfg: dict | None, world_size: int, tr
     return problems
 
 
-def check_data_fits(cfg: ExperimentConfig, ds_cfg: dict, world_size: int, train: list[TokenStream],
-                    valid: list[TokenStream]) -> None:
-    """Refuse, before anything is written, data too short for the configured windows and batches.
-
-    Raises:
-        DataError: listing every language whose split is too short, or an impossible meta batch layout.
-    """
-    problems = fit_problems(cfg, ds_cfg, world_size, train, valid)
-    if problems:
-        raise _data_error(problems)
-
-
-__all__ = ["Checks", "Preflight", "RESUMABLE_OVERRIDES", "USER_ERRORS", "check_data_fits", "fit_problems",
+__all__ = ["Checks", "Preflight", "RESUMABLE_OVERRIDES", "USER_ERRORS", "fit_problems",
            "meta_layout_problems", "problems_from", "resolve", "run_preflight", "zero3_problems"]

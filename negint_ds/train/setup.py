@@ -15,7 +15,7 @@ import yaml
 from ..config import ConfigError, ExperimentConfig, to_mapping
 from ..data.binarized import BinarizedError, TokenStream
 from ..data.vocab import Vocabulary, VocabularyError
-from .preflight import RESUMABLE_OVERRIDES, Checks, check_data_fits, resolve, run_preflight
+from .preflight import RESUMABLE_OVERRIDES, run_preflight
 from .run_dir import RunDir
 
 
@@ -52,17 +52,6 @@ class Prepared:
     valid_streams: list[TokenStream]
 
 
-def resolve_configs(args: RunArgs, world_size: int, paths: RunDir) -> tuple[ExperimentConfig, dict]:
-    """The experiment and DeepSpeed configs of this run: from the recipe (new run) or the run dir (resume).
-
-    Raises:
-        ConfigError: bad recipe or DeepSpeed config; on resume, an attempt to change a field that would
-            make the continuation differ from the original run.
-    """
-    cfg, ds_cfg, _ = resolve(args, world_size, torch.cuda.is_available(), paths, Checks(strict=True))
-    return cfg, ds_cfg
-
-
 def prepare_run(args: RunArgs, world_size: int) -> Prepared:
     """Run every pre-flight check (identically on every rank); write nothing.
 
@@ -95,5 +84,5 @@ def dump_yaml(obj) -> str:
     return yaml.safe_dump(to_mapping(obj), sort_keys=False, allow_unicode=True)
 
 
-__all__ = ["Prepared", "RESUMABLE_OVERRIDES", "RunArgs", "check_checkpoint_matches", "check_data_fits", "dump_yaml",
-           "prepare_run", "resolve_configs", "VocabularyError"]
+__all__ = ["Prepared", "RESUMABLE_OVERRIDES", "RunArgs", "check_checkpoint_matches", "dump_yaml",
+           "prepare_run", "VocabularyError"]
