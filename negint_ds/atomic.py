@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -29,5 +30,17 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_write_json(path: str, obj) -> None:
-    """Pretty-printed JSON version of :func:`atomic_write_bytes`."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    """Pretty-printed, strict JSON version of :func:`atomic_write_bytes`: a non-finite float is written as
+    ``null`` (JSON has no NaN; Python would otherwise write the invalid token ``NaN``)."""
+    atomic_write_text(path, json.dumps(_strict(obj), indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False)
+                      + "\n")
+
+
+def _strict(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj

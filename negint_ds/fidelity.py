@@ -77,22 +77,22 @@ def _batches(cfg: ExperimentConfig, manifest: dict, a, vocab_size: int, mask_id:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; print a markdown table. Returns 0, or 2 on bad input."""
-    from .data.vocab import Vocabulary
+    from .data.prepare import DataPrepError, check_prepared
+    from .data.vocab import Vocabulary, VocabularyError
     from .meta.fidelity import DTYPES, measure, references
     from .model import build_model
 
     a = _parse(argv)
     try:
         model, cfg = _model_and_config(a)
-        from .data.prepare import check_prepared
 
-        manifest = check_prepared(cfg.data)
+        manifest = check_prepared(cfg.data, recipe=getattr(a, "config", None))
         vocab = Vocabulary(os.path.join(cfg.data.dir, manifest["vocab"]["file"]))
         if model is None:
             torch.manual_seed(a.seed)
             model = build_model(cfg.model, vocab.size, len(cfg.lang_ids), PAD_ID, cfg.lang_ids).to(a.device)
         lang = cfg.lang_ids.index(a.lang) if a.lang else 0
-    except (ConfigError, ValueError, FileNotFoundError) as e:  # DataPrepError/VocabularyError are ValueErrors too
+    except (ConfigError, DataPrepError, VocabularyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model.eval()  # no dropout: every pass, reference included, sees the same function

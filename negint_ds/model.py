@@ -339,8 +339,8 @@ class MaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lang_ids: torch.Tensor, pred_positions: torch.Tensor,
                 targets: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                lang: int | None = None) -> torch.Tensor:
-        """Mean MLM cross-entropy (nats) over predicted positions.
+                lang: int | None = None, reduction: str = "mean") -> torch.Tensor:
+        """Mean MLM cross-entropy (nats) over predicted positions (or each position's, ``reduction="none"``).
 
         Args:
             input_ids: (B, L) int64, already masked (see :mod:`negint_ds.mlm`).
@@ -349,12 +349,14 @@ class MaskedLM(nn.Module):
             targets: (P,) int64 original token ids at those positions.
             key_padding_mask: (B, L) bool, True at padding, or None.
             lang: the language of every row (Python int), or None to route rows by ``lang_ids``.
+            reduction: ``mean`` (training) or ``none`` (evaluation's per-window sums).
 
         Returns:
-            Scalar loss (fp32, or fp64 for a float64 model). Perplexity is ``exp(loss)``.
+            Scalar loss (fp32, or fp64 for a float64 model), or (P,) per-position losses with
+            ``reduction="none"``. Perplexity is ``exp(mean loss)``.
         """
         hidden = self.encoder(input_ids, lang_ids, key_padding_mask, lang)
-        return F.cross_entropy(self.logits_at(hidden, pred_positions), targets)
+        return F.cross_entropy(self.logits_at(hidden, pred_positions), targets, reduction=reduction)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, n_langs: int, pad_id: int = 0,

@@ -43,3 +43,19 @@ def test_wikipedia_summaries(cache):
         docs = list(WikiSummarySource(lang, cache_dir=cache).documents())
         assert len(docs) > 9000 and sum(bool(d.text) for d in docs) > 9000
         assert all(d.key.startswith(f"wiki:{lang}:") for d in docs[:10])
+
+
+def test_bible_stats_report_no_held_out_verse_in_another_train(cache, tmp_path):
+    from conftest import recipe, write_recipe
+    from negint_ds.config import load_experiment
+    from negint_ds.data.prepare import prepare_data
+    from negint_ds.data.stats import OVERLAP_COLUMN
+
+    r = recipe(".", str(tmp_path / "data"))
+    r["data"]["languages"] = {l: {"source": "bible", "max_documents": 1500} for l in ("en", "fr", "sw")}
+    man = prepare_data(load_experiment(write_recipe(str(tmp_path / "r.yaml"), r)).data, progress=False)
+    for lang in ("en", "fr", "sw"):
+        o = man["languages"][lang]["heldout_overlap"]
+        assert o["in_other_train"] == 0 and o["heldout_keys"] > 50
+        assert man["languages"][lang]["split_key"] == "unit id"
+    assert OVERLAP_COLUMN in (tmp_path / "data" / "stats.md").read_text(encoding="utf-8")

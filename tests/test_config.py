@@ -5,7 +5,7 @@ import os
 import pytest
 
 from negint_ds.config import (ConfigError, ExperimentConfig, apply_overrides, check_ds_config, from_mapping,
-                              load_experiment, resolve_batch)
+                              load_experiment, read_ds_config, resolve_batch)
 
 RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "negint_ds", "recipes", "*.yaml")))
 
@@ -125,6 +125,29 @@ def test_extends_deep_merges_and_detects_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
     with pytest.raises(ConfigError, match="extends: cycle"):
         load_experiment(str(tmp_path / "a.yaml"))
+
+
+def test_extends_replaces_the_language_set_as_a_whole(tmp_path):
+    (tmp_path / "row.yaml").write_text(
+        "extends: jointtri_en_sw_ar_demo\nname: ru_en\n"
+        "data:\n  dir: d\n  languages:\n    ru: {source: bible}\n    en: {source: bible}\n")
+    cfg = load_experiment(str(tmp_path / "row.yaml"))
+    assert cfg.lang_ids == ["ru", "en"], "the base's sw and ar must not stay behind as extra languages"
+    base_cfg = load_experiment("jointtri_en_sw_ar_demo")
+    assert cfg.data.vocab == base_cfg.data.vocab and cfg.model == base_cfg.model, "everything else still merges"
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    (tmp_path / "dup.yaml").write_text("name: x\ndata:\n  dir: d\n  languages:\n"
+                                       "    en: {source: text, path: en.txt}\n    en: {source: text, path: ru.txt}\n")
+    with pytest.raises(ConfigError, match=r"key 'en' appears twice in one mapping, on line 5 and line 6"):
+        load_experiment(str(tmp_path / "dup.yaml"))
+    (tmp_path / "dup.json").write_text('{"name": "x",\n "data": {"dir": "d"},\n "name": "y"}\n')
+    with pytest.raises(ConfigError, match=r"key 'name' appears twice in one mapping, on line 1 and line 3"):
+        load_experiment(str(tmp_path / "dup.json"))
+    (tmp_path / "ds.json").write_text('{"train_micro_batch_size_per_gpu": 2,\n"train_micro_batch_size_per_gpu": 4}')
+    with pytest.raises(ConfigError, match=r"'train_micro_batch_size_per_gpu' appears twice.*line 1 and line 2"):
+        read_ds_config(str(tmp_path / "ds.json"))
 
 
 def test_paper_rows_exist_and_differ_only_where_they_should():

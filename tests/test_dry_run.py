@@ -161,7 +161,7 @@ def test_resume_is_checked_as_the_real_run_would(tiny_args, tmp_path):
     resume = RunArgs(run_dir=tiny_args.run_dir, resume=True, overrides=["train.max_steps=99"])
     result = dry_run(resume, "cpu", 1)
     assert result.ok, result.problems
-    assert result.preflight.cfg.train.max_steps == 99 and "resumed from step 0" in format_report(result)
+    assert result.preflight.cfg.train.max_steps == 99 and "resuming at step 0" in format_report(result)
     bad = RunArgs(**{**vars(resume), "overrides": ["model.layers=3"]})
     assert [p.message for p in dry_run(bad, "cpu", 1).problems][0].startswith("--set model.layers: cannot change")
     problems = dry_run(resume, "cpu", 2).problems  # the saved train_batch_size pins the world size
@@ -171,6 +171,7 @@ def test_resume_is_checked_as_the_real_run_would(tiny_args, tmp_path):
     assert any("train_micro_batch_size_per_gpu: differs from the run's ds_config.json" in p.message for p in problems)
     # with a checkpoint, the real run compares its vocabulary and data with the prepared ones (run.json records them)
     paths = RunDir(tiny_args.run_dir)
+    os.makedirs(os.path.join(paths.checkpoints, "step_00000010"))  # written before checkpoint manifests
     paths.commit_checkpoint("step_00000010", 10, keep=1)
     prep = prepare_run(RunArgs(**{**vars(tiny_args), "run_dir": str(tmp_path / "other")}), 1)
     recorded = {"vocab_sha256": prep.vocab.sha256, "data_fingerprint": prep.manifest["fingerprint"],
@@ -179,7 +180,7 @@ def test_resume_is_checked_as_the_real_run_would(tiny_args, tmp_path):
         with open(paths.meta, "w") as f:
             json.dump(recorded | {"vocab_sha256": sha}, f)
         result = dry_run(resume, "cpu", 1)
-        assert result.ok == ok and "resumed from step 10" in format_report(result)
+        assert result.ok == ok and "from checkpoint step_00000010 (step 10)" in format_report(result)
     assert "checkpoint was trained with vocabulary 000000000000" in str(result.problems[0])
     nothing = RunArgs(run_dir=str(tmp_path / "empty"), resume=True)
     assert [p.category for p in dry_run(nothing, "cpu", 1).problems] == ["run_dir"]

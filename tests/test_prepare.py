@@ -29,6 +29,9 @@ def test_prepared_directory_is_complete_and_consistent(tiny_data):
             assert int(np.sum(np.asarray(s.tokens) == EOS_ID)) == len(lines)
             texts[split] = set(lines)
         assert not texts["train"] & texts["valid"] and not texts["train"] & texts["test"]
+    files = {os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs} - {"manifest.json"}
+    assert set(man["outputs"]) == files, "the manifest records every file it wrote, to detect a missing one"
+    assert man["outputs"]["spm.model"]["sha256"] == vocab.sha256 and man["sources"]["en"]["kind"] == "text"
     table = open(os.path.join(d, "stats.md"), encoding="utf-8").read()
     assert "| en | English |" in table and "| sw | Swahili |" in table
     check_prepared(load_experiment(tiny_data["recipe"]).data)

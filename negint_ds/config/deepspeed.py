@@ -11,7 +11,7 @@ import json
 import os
 
 from ..problems import Problem
-from .loader import ConfigError
+from .loader import ConfigError, DuplicateKeys, load_json
 
 _KNOWN_OPTIMIZERS = {"adam", "adamw", "lamb", "onebitadam", "zerooneadam", "onebitlamb", "sgd", "adagrad",
                      "lion", "muon", "cpuadam", "fusedadam"}
@@ -27,9 +27,11 @@ def read_ds_config(path: str) -> dict:
         raise ConfigError([f"file not found: {path}"], source="--deepspeed_config")
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
+            cfg = load_json(f.read())
     except json.JSONDecodeError as e:
         raise ConfigError([f"not valid JSON: {e}"], source=path) from e
+    except DuplicateKeys as e:
+        raise ConfigError(e.problems, source=path) from None
     if not isinstance(cfg, dict):
         raise ConfigError(["top level must be a JSON object"], source=path)
     return cfg

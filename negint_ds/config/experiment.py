@@ -85,8 +85,15 @@ class SplitConfig:
     valid_fraction: float = 0.02
     test_fraction: float = 0.02
     salt: str = "negint_ds"
+    #: What a unit's split is keyed by, for ``text`` and ``hf`` sources: ``text`` (the cleaned text),
+    #: ``line`` (the line/row number, so line k of every language lands in the same split: aligned
+    #: parallel text), or the name of a field of each hf/JSONL record (e.g. a verse id). Built-in
+    #: corpora always key by their own unit id (Bible verse, Wikipedia article).
+    key: str = "text"
 
     def validate(self) -> list[str]:
+        if not self.key.strip():
+            return ["key: must be 'text', 'line' or a field name, got an empty string"]
         if not (0 < self.valid_fraction and 0 <= self.test_fraction and self.valid_fraction + self.test_fraction < 1):
             return [f"valid_fraction/test_fraction: need 0 < valid, 0 <= test, valid + test < 1; "
                     f"got {self.valid_fraction}, {self.test_fraction}"]
@@ -246,6 +253,24 @@ class MLMConfig:
 
 
 @dataclass
+class NonFiniteConfig:
+    """What a run does when training stops producing finite numbers (a diverged run, lr far too high)."""
+
+    #: Stop after this many consecutive optimiser steps whose loss is non-finite or whose update was
+    #: skipped for overflow (fp16 steps during the loss scaler's warm-up, while it is still halving its
+    #: initial scale, do not count: DeepSpeed's scaler expects those).
+    max_consecutive_skips: int = 20
+    #: ``stop``: a named error, a non-zero exit, no export; the last finite checkpoint stays in charge.
+    #: ``warn``: log each one and carry on (nothing non-finite is still ever exported or checkpointed).
+    action: Literal["stop", "warn"] = "stop"
+
+    def validate(self) -> list[str]:
+        if self.max_consecutive_skips < 1:
+            return [f"max_consecutive_skips: must be >= 1, got {self.max_consecutive_skips}"]
+        return []
+
+
+@dataclass
 class TrainConfig:
     """Steps, language sampling, schedule and the run's logging/eval/checkpoint intervals."""
 
@@ -266,6 +291,11 @@ class TrainConfig:
     #: Validation windows per language (None = the whole valid split).
     eval_sequences: Optional[int] = 512
     eval_batch_size: int = 32
+    #: Warn when a language's validation set has fewer masked (predicted) tokens than this: its
+    #: perplexity is then too noisy to compare (the report gives a 95% interval either way).
+    min_eval_tokens: int = 2000
+    #: Policy for non-finite losses and skipped (overflowed) steps.
+    nonfinite: NonFiniteConfig = field(default_factory=NonFiniteConfig)
     #: ``torch.compile`` the model through DeepSpeed's ``engine.compile()`` (GPU; slow to compile on CPU).
     compile: bool = False
 
@@ -282,6 +312,8 @@ class TrainConfig:
             p.append(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.keep_checkpoints < 0:
             p.append(f"keep_checkpoints: must be >= 0, got {self.keep_checkpoints}")
+        if self.min_eval_tokens < 0:
+            p.append(f"min_eval_tokens: must be >= 0, got {self.min_eval_tokens}")
         if self.eval_sequences is not None and self.eval_sequences <= 0:
             p.append(f"eval_sequences: must be positive or null, got {self.eval_sequences}")
         return p
@@ -431,8 +463,17 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> Ex
     return from_mapping(ExperimentConfig, data, source=path, root="config")
 
 
+#: Mappings that a recipe's ``extends`` replaces as a whole instead of merging key by key: a recipe
+#: that lists ``data.languages`` gets exactly those languages (with a merge, the base's languages
+#: would silently stay, and a base language could not be dropped).
+REPLACED_BY_EXTENDS = (("data", "languages"),)
+
+
 def _resolve_extends(path: str, chain: list[str]) -> dict:
-    """The recipe's mapping deep-merged onto the recipe it ``extends`` (recursively); ``extends`` is consumed."""
+    """The recipe's mapping deep-merged onto the recipe it ``extends`` (recursively); ``extends`` is consumed.
+
+    Mappings in :data:`REPLACED_BY_EXTENDS` are taken whole from the extending recipe when it gives them.
+    """
     if os.path.abspath(path) in chain:
         raise ConfigError([f"extends: cycle {' -> '.join(chain + [os.path.abspath(path)])}"], source=path)
     data = read_mapping(path)
@@ -446,13 +487,14 @@ def _resolve_extends(path: str, chain: list[str]) -> dict:
     return _deep_merge(_resolve_extends(base_path, chain + [os.path.abspath(path)]), data)
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
+def _deep_merge(base: dict, top: dict, where: tuple = ()) -> dict:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        merge = isinstance(v, dict) and isinstance(out.get(k), dict) and (*where, k) not in REPLACED_BY_EXTENDS
+        out[k] = _deep_merge(out[k], v, (*where, k)) if merge else v
     return out
 
 
 __all__ = ["AdapterConfig", "MetaConfig", "ConfigError", "DataConfig", "ExperimentConfig", "LanguageConfig", "ModelConfig", "MLMConfig",
-           "TrainConfig", "VocabConfig", "SplitConfig", "CleaningConfig", "load_experiment", "recipe_path",
+           "NonFiniteConfig", "TrainConfig", "VocabConfig", "SplitConfig", "CleaningConfig", "load_experiment", "recipe_path",
            "to_mapping"]

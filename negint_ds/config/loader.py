@@ -45,13 +45,83 @@ def read_mapping(path: str | os.PathLike) -> dict:
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        data = load_json(text) if path.endswith(".json") else _load_unique_keys(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError([f"cannot parse: {e}"], source=path) from e
+    except DuplicateKeys as e:
+        raise ConfigError(e.problems, source=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], source=path)
+    return data
+
+
+class DuplicateKeys(Exception):
+    """A YAML mapping or JSON object gives a key twice; ``problems`` has one line per duplicate."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that records every mapping key given twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except (TypeError, yaml.YAMLError):
+                continue  # unhashable keys: the base constructor reports them
+            line = key_node.start_mark.line + 1
+            if key in first:
+                self.duplicates.append(f"key {key!r} appears twice in one mapping, on line {first[key]} and line "
+                                       f"{line}; remove one (the file would silently keep line {line}'s value)")
+            else:
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_unique_keys(text: str):
+    """``yaml.safe_load`` that raises :class:`DuplicateKeys` listing every duplicated key with both lines."""
+    loader = _UniqueKeyLoader(text)
+    loader.duplicates = []
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise DuplicateKeys(loader.duplicates)
+    return data
+
+
+def load_json(text: str):
+    """``json.loads`` that raises :class:`DuplicateKeys` for a key given twice in one object.
+
+    The lines come from parsing the text as YAML (JSON is nearly a subset); where that fails, the
+    problem names the key without lines.
+    """
+    dups: list[str] = []
+
+    def pairs(items):
+        seen = set()
+        for k, _ in items:
+            if k in seen:
+                dups.append(k)
+            seen.add(k)
+        return dict(items)
+
+    data = json.loads(text, object_pairs_hook=pairs)
+    if dups:
+        try:
+            _load_unique_keys(text)
+        except DuplicateKeys:
+            raise
+        except yaml.YAMLError:
+            pass
+        raise DuplicateKeys([f"key {k!r} appears twice in one object; remove one" for k in dups])
     return data
 
 

@@ -1,20 +1,25 @@
 """Shared SentencePiece vocabulary trained on a temperature-sampled mix of languages (XLM §3.1)."""
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 import sentencepiece as spm
 
 from .sampling import language_probs
-from .sources.builtin import sha256_file
+from .sources.base import sha256_file
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MASK_PIECE = "<mask>"
 #: Ids below this are special (pad, unk, bos, eos, mask): never masked, never drawn as random tokens.
 N_SPECIAL = 5
+#: SentencePiece threads, fixed rather than os.cpu_count(): the model records the count and the unigram
+#: trainer's sums depend on it, so a machine-dependent value would change spm.model from host to host.
+SPM_THREADS = 8
+#: How to re-create a data directory's files (named in errors; the recipe is the one whose data.dir it is).
+PREPARE_COMMAND = "python -m negint_ds.prepare --config <recipe>"
 
 
 class VocabularyError(ValueError):
@@ -37,12 +42,14 @@ class Vocabulary:
     """
 
     def __init__(self, path: str):
+        fix = (f"data preparation writes it: run `{PREPARE_COMMAND}` with the recipe whose data.dir is "
+               f"{os.path.dirname(os.path.abspath(path))} to re-create it")
         if not os.path.isfile(path):
-            raise VocabularyError(f"vocabulary model not found: {path}")
+            raise VocabularyError(f"vocabulary model not found: {path}; {fix}")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=path)
         except Exception as e:  # sentencepiece raises OSError/RuntimeError depending on version
-            raise VocabularyError(f"cannot load SentencePiece model {path}: {e}") from e
+            raise VocabularyError(f"cannot load SentencePiece model {path} ({e}); {fix}") from e
         self.path = path
         self.sha256 = sha256_file(path)
         self.size = self.sp.get_piece_size()
@@ -99,24 +106,23 @@ def train_vocabulary(texts_by_lang: dict[str, Sequence[str]], out_prefix: str, s
             supports (the message says which config field to change).
     """
     idx = sample_mix(texts_by_lang, temperature, sample_sentences, seed)
-    out_dir = os.path.dirname(os.path.abspath(out_prefix))
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", dir=out_dir, delete=False) as f:
-        mix_path = f.name
-        n_lines = 0
-        for lang, ii in idx.items():
-            texts = texts_by_lang[lang]
-            for i in ii:
-                f.write(texts[i] + "\n")
-                n_lines += 1
+    mix = (texts_by_lang[lang][i] for lang, ii in idx.items() for i in ii)
+    model = io.BytesIO()
     try:
         spm.set_random_generator_seed(seed)  # the trainer shuffles its input; fix it for reproducibility
+        # From an iterator into memory, not from a temporary file to a path prefix: the model proto
+        # records its input files and prefix, so those paths would make spm.model differ between two
+        # identical preparations.
         spm.SentencePieceTrainer.train(
-            input=mix_path, model_prefix=out_prefix, vocab_size=size, model_type=model_type,
+            sentence_iterator=mix, model_writer=model, vocab_size=size, model_type=model_type,
             character_coverage=character_coverage, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            control_symbols=[MASK_PIECE], input_sentence_size=n_lines, shuffle_input_sentence=True,
-            max_sentence_length=1 << 16, num_threads=os.cpu_count() or 1, minloglevel=2)
+            control_symbols=[MASK_PIECE], input_sentence_size=sum(len(ii) for ii in idx.values()),
+            shuffle_input_sentence=True, max_sentence_length=1 << 16, num_threads=SPM_THREADS, minloglevel=2)
     except RuntimeError as e:
         raise VocabularyError(f"SentencePiece training failed ({e}); for small corpora lower data.vocab.size") from e
-    finally:
-        os.unlink(mix_path)
-    return Vocabulary(out_prefix + ".model")
+    with open(out_prefix + ".model", "wb") as f:
+        f.write(model.getvalue())
+    vocab = Vocabulary(out_prefix + ".model")
+    with open(out_prefix + ".vocab", "w", encoding="utf-8") as f:  # what SentencePiece itself writes
+        f.writelines(f"{vocab.sp.id_to_piece(i)}\t{vocab.sp.get_score(i):g}\n" for i in range(vocab.size))
+    return vocab

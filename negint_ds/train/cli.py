@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> RunArgs:
                    help="override a recipe field, e.g. --set train.max_steps=200 (repeatable). On --resume only "
                         f"{sorted(RESUMABLE_OVERRIDES)}")
     p.add_argument("--resume", action="store_true", help="continue the run in --run_dir from its latest checkpoint")
+    p.add_argument("--resume_from", metavar="TAG", default=None,
+                   help="with --resume: continue from this checkpoint (e.g. step_00000120) instead of the newest one "
+                        "that verifies; newer checkpoints are moved to checkpoints/quarantine/")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --run_dir and start over")
     p.add_argument("--no_progress", action="store_true", help="no progress bar; log lines instead")
     p.add_argument("--dry_run", action="store_true",
@@ -46,12 +49,14 @@ def parse_args(argv: list[str] | None = None) -> RunArgs:
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     p = deepspeed.add_config_arguments(p)
     a = p.parse_args(argv)
+    if a.resume_from is not None and not a.resume:
+        p.error("--resume_from needs --resume")
     if not a.dry_run and (a.target_device is not None or a.world_size is not None):
         p.error("--target_device and --world_size apply to --dry_run only (a real run uses this machine and the "
                 "launcher's world size)")
     return RunArgs(run_dir=a.run_dir, config=a.config, deepspeed_config=a.deepspeed_config, overrides=a.overrides,
                    resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, dry_run=a.dry_run,
-                   target_device=a.target_device or "auto", world_size=a.world_size)
+                   target_device=a.target_device or "auto", world_size=a.world_size, resume_from=a.resume_from)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: RunArgs, rank: int, world: int) -> int:
-    """Check the input on every rank, then train; 0 on success, 2 on bad input (nothing written)."""
+    """Check the input on every rank, then train; 0 on success (or nothing left to train), 2 on bad input
+    (nothing written), 3 when training diverged (``train.nonfinite``)."""
     from .dist import first_failing_rank
+    from .nonfinite import NonFiniteError
     from .setup import prepare_run
     from .trainer import Trainer
 
@@ -95,6 +102,38 @@ def _run(args: RunArgs, rank: int, world: int) -> int:
         if rank == first_bad:
             print(f"error: {error}", file=sys.stderr)
         return 2
+    done = _already_done(prep)
+    if done:
+        if rank == 0:
+            print(done, file=sys.stderr)
+        return 0
     trainer = Trainer(prep, rank, world, args.resume, args.overwrite, args.progress)
-    trainer.train()
+    try:
+        trainer.train()
+    except NonFiniteError as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
+
+
+def _already_done(prep) -> str | None:
+    """The message for a ``--resume`` with nothing left to do (nothing is written then), else None.
+
+    A run whose checkpoint is past ``train.max_steps`` cannot go back; one exactly at it is finished when
+    its export and final report exist (otherwise the resume writes them).
+    """
+    import os
+
+    point, max_steps = prep.resume, prep.cfg.train.max_steps
+    if point is None or point.tag is None or point.step < max_steps:
+        return None
+    if point.step > max_steps:
+        return (f"{prep.paths.root} is already at step {point.step} (checkpoint {point.tag}), past train.max_steps="
+                f"{max_steps}; nothing to train. Raise train.max_steps (--set train.max_steps=N) to continue it")
+    finished = all(os.path.isfile(p) for p in (os.path.join(prep.paths.export, "model.safetensors"),
+                                               prep.paths.final_json))
+    if finished:
+        return (f"{prep.paths.root} already finished at step {point.step} = train.max_steps; nothing to do. "
+                f"Raise train.max_steps (--set train.max_steps=N) to train further")
+    return None

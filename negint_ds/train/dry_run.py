@@ -107,8 +107,11 @@ def dry_run(args: RunArgs, target_device: str = "auto", world_size: int | None =
 
 
 def _check_resume_state(pf: Preflight, checks: Checks) -> None:
-    """What the real run checks against the checkpoint once DeepSpeed has loaded it, taken from run.json."""
-    if pf.paths.latest() is None or not os.path.isfile(pf.paths.meta) or pf.train_streams is None:
+    """For a checkpoint written before manifests: what the real run checks once DeepSpeed has loaded it,
+    taken from run.json (a manifest's identity is checked by the pre-flight itself)."""
+    point = pf.resume
+    if point is None or point.tag is None or point.manifest is not None or not os.path.isfile(pf.paths.meta) \
+            or pf.train_streams is None:
         return  # no checkpoint: the run restarts from step 0; or the data did not check out (reported)
     with open(pf.paths.meta, encoding="utf-8") as f:
         recorded = json.load(f)
@@ -203,8 +206,8 @@ def _run_dir_status(result: DryRun) -> str:
     if any(p.category == "run_dir" for p in result.problems):
         return f"{paths.root}: refused (see the problems)"
     if args.resume:
-        latest = paths.latest()
-        return f"{paths.root}: resumed from step {latest['step'] if latest else 0}"
+        point = result.preflight.resume
+        return f"{paths.root}: {point.describe() if point else 'resumed'}"
     if args.overwrite and paths.exists():
         return f"{paths.root}: its earlier run would be deleted (--overwrite)"
     return f"{paths.root}: would be created"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 from ..atomic import atomic_write_text
@@ -13,7 +14,9 @@ class MetricsLogger:
 
     Train records: ``{"kind": "train", "step", "loss", "loss_<lang>"..., "lr", "grad_norm", "tokens_per_s",
     "elapsed_s"}`` averaged over the logging window; valid records: ``{"kind": "valid", "step",
-    "ppl_<lang>"..., "loss_<lang>"...}`` with perplexity = exp(mean MLM cross-entropy on masked tokens).
+    "ppl_<lang>"..., "loss_<lang>"..., "tokens_<lang>"..., "ppl_lo_<lang>"..., "ppl_hi_<lang>"...}`` with
+    perplexity = exp(mean MLM cross-entropy on masked tokens), its masked-token count and 95% interval.
+    A non-finite value is written as null and named in the record's ``"nonfinite"`` list (strict JSON).
 
     Args:
         paths: a :class:`~negint_ds.train.run_dir.RunDir`.
@@ -28,14 +31,14 @@ class MetricsLogger:
         self.paths, self.langs, self.monitor, self.enabled = paths, list(lang_ids), monitor, enabled
         self.train_cols = ["step", "loss"] + [f"loss_{l}" for l in self.langs] + [
             "lr", "grad_norm", "tokens_per_s", "elapsed_s"] + list(extra_train_cols)
-        self.valid_cols = ["step"] + [f"ppl_{l}" for l in self.langs] + [f"loss_{l}" for l in self.langs]
+        self.valid_cols = ["step"] + [f"{k}_{l}" for k in ("ppl", "loss", "tokens", "ppl_lo", "ppl_hi")
+                                      for l in self.langs]
 
     def truncate_after(self, step: int) -> None:
         """Drop records after ``step`` (a resume from that step will write them again)."""
         if not self.enabled or not os.path.isfile(self.paths.metrics):
             return
-        with open(self.paths.metrics, encoding="utf-8") as f:
-            keep = [r for r in (json.loads(l) for l in f if l.strip()) if r["step"] <= step]
+        keep = [r for r in read_jsonl(self.paths.metrics) if r["step"] <= step]
         atomic_write_text(self.paths.metrics, "".join(json.dumps(r) + "\n" for r in keep))
         for path, kind, cols in ((self.paths.train_csv, "train", self.train_cols),
                                  (self.paths.valid_csv, "valid", self.valid_cols)):
@@ -47,16 +50,16 @@ class MetricsLogger:
         """All records so far (optionally of one kind)."""
         if not os.path.isfile(self.paths.metrics):
             return []
-        with open(self.paths.metrics, encoding="utf-8") as f:
-            recs = [json.loads(l) for l in f if l.strip()]
+        recs = read_jsonl(self.paths.metrics)
         return [r for r in recs if kind is None or r["kind"] == kind]
 
     def write(self, record: dict) -> None:
         """Append one record to the JSONL, the matching CSV and TensorBoard."""
         if not self.enabled:
             return
+        record = strict_json_record(record)
         with open(self.paths.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         path, cols = ((self.paths.train_csv, self.train_cols) if record["kind"] == "train"
                       else (self.paths.valid_csv, self.valid_cols))
         new = not os.path.isfile(path) or os.path.getsize(path) == 0
@@ -69,6 +72,42 @@ class MetricsLogger:
             events = [(f"{record['kind']}/{k}", float(v), record["step"]) for k, v in record.items()
                       if k not in ("kind", "step") and isinstance(v, (int, float)) and v is not None]
             self.monitor.write_events(events)
+
+
+def strict_json_record(record: dict) -> dict:
+    """``record`` with every non-finite float replaced by None and their keys listed under ``"nonfinite"``.
+
+    JSON has no NaN or infinity (Python would write the invalid tokens ``NaN``/``Infinity``); a reader
+    still learns which values were not finite.
+    """
+    bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+    if not bad:
+        return record
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a metrics JSONL file; a torn *last* line (a kill mid-append) is dropped.
+
+    Raises:
+        ValueError: any other line is not a JSON object (naming the file and line).
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "step" not in rec or "kind" not in rec:
+                raise ValueError("not a metrics record")
+        except ValueError as e:
+            if i == len(lines) - 1:  # no newline after it: the append never finished
+                break
+            raise ValueError(f"{path} line {i + 1} is damaged ({e}); fix or delete that line") from None
+        out.append(rec)
+    return out
 
 
 def _fmt(v) -> str:

@@ -21,7 +21,7 @@ from ..data.prepare import DataPrepError, check_prepared
 from ..data.vocab import Vocabulary, VocabularyError
 from ..meta.val_batches import resolve_val_micro
 from ..problems import Problem
-from .run_dir import RunDir, RunDirError
+from .run_dir import ResumePoint, RunDir, RunDirError
 
 if TYPE_CHECKING:
     from .setup import RunArgs
@@ -112,6 +112,8 @@ class Preflight:
     vocab: Vocabulary | None = None
     train_streams: list[TokenStream] | None = None
     valid_streams: list[TokenStream] | None = None
+    #: On ``--resume``: the checkpoint to continue from (:meth:`~negint_ds.train.run_dir.RunDir.resume_point`).
+    resume: ResumePoint | None = None
 
 
 def run_preflight(args: RunArgs, world_size: int, has_gpu: bool, strict: bool) -> Preflight:
@@ -134,12 +136,18 @@ def run_preflight(args: RunArgs, world_size: int, has_gpu: bool, strict: bool) -
     run_dir_ok, _ = checks.call(pf.paths.check, args.resume, args.overwrite)
     if args.resume and not run_dir_ok:
         return pf  # there is no saved run to resolve the configs from
+    if args.resume:
+        checks.call(pf.paths.check_run_files)
+        pf.resume = checks.call(pf.paths.resume_point, args.resume_from)[1]
     pf.cfg, pf.ds_cfg, pf.ds_source = resolve(args, world_size, has_gpu, pf.paths, checks)
     if pf.cfg is None:
         return pf
     if pf.ds_cfg is not None:
         checks.add(zero3_problems(pf.cfg, pf.ds_cfg, pf.ds_source), _config_error(pf.ds_source))
-    _load_data(pf, checks)
+    _load_data(pf, checks, args.config if not args.resume else None)
+    if pf.resume is not None and pf.resume.manifest is not None and pf.vocab is not None:
+        checks.add(checkpoint_problems(pf.resume.manifest, pf.resume.tag, pf.cfg, pf.manifest, pf.vocab),
+                   lambda ps: BinarizedError("\n".join(p.message for p in ps)))
     if pf.train_streams is not None:
         checks.add(fit_problems(pf.cfg, pf.ds_cfg, world_size, pf.train_streams, pf.valid_streams), _data_error)
     elif pf.ds_cfg is not None:  # collecting only: the layout does not depend on the data
@@ -217,6 +225,27 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def checkpoint_problems(ckpt: dict, tag: str, cfg: ExperimentConfig, data_manifest: dict,
+                        vocab: Vocabulary) -> list[Problem]:
+    """A checkpoint that does not belong to the prepared data: another vocabulary, data or language list.
+
+    Args:
+        ckpt: the checkpoint's manifest (:mod:`~negint_ds.train.ckpt_manifest`).
+    """
+    problems, where = [], f"checkpoint {tag}"
+    fix = (f"the data in {cfg.data.dir} was prepared again since; `python -m negint_ds.prepare --config "
+           f"<the run's recipe>` rebuilds identical data from identical sources, or start a new run")
+    if ckpt.get("vocab_sha256") != vocab.sha256:
+        problems.append(Problem("data", f"{where} was trained with vocabulary {str(ckpt.get('vocab_sha256'))[:12]}…, "
+                                        f"but {vocab.path} is {vocab.sha256[:12]}…: {fix}"))
+    elif ckpt.get("data_fingerprint") != data_manifest.get("fingerprint"):
+        problems.append(Problem("data", f"{where} was trained on differently prepared data (data fingerprint "
+                                        f"{str(ckpt.get('data_fingerprint'))[:12]}… vs {str(data_manifest.get('fingerprint'))[:12]}…): {fix}"))
+    if ckpt.get("lang_ids") != cfg.lang_ids:
+        problems.append(Problem("data", f"{where} has languages {ckpt.get('lang_ids')}, the config {cfg.lang_ids}"))
+    return problems
+
+
 def zero3_problems(cfg: ExperimentConfig, ds_cfg: dict, source: str) -> list[Problem]:
     """ZeRO-3 with language-specific parameters φ, refused (φ is optimised on whole tensors outside DeepSpeed)."""
     if cfg.model.has_language_specific and zero_stage(ds_cfg) == 3:
@@ -226,10 +255,10 @@ def zero3_problems(cfg: ExperimentConfig, ds_cfg: dict, source: str) -> list[Pro
     return []
 
 
-def _load_data(pf: Preflight, checks: Checks) -> None:
+def _load_data(pf: Preflight, checks: Checks, recipe: str | None = None) -> None:
     """Fill in manifest, vocabulary and token streams of ``pf.cfg.data.dir`` as far as they check out."""
     cfg = pf.cfg
-    ok, manifest = checks.call(check_prepared, cfg.data)
+    ok, manifest = checks.call(check_prepared, cfg.data, recipe or pf.paths.config)
     if not ok:
         return
     pf.manifest = manifest
@@ -295,5 +324,5 @@ def fit_problems(cfg: ExperimentConfig, ds_cfg: dict | None, world_size: int, tr
     return problems
 
 
-__all__ = ["Checks", "Preflight", "RESUMABLE_OVERRIDES", "USER_ERRORS", "fit_problems",
+__all__ = ["Checks", "Preflight", "checkpoint_problems", "RESUMABLE_OVERRIDES", "USER_ERRORS", "fit_problems",
            "meta_layout_problems", "problems_from", "resolve", "run_preflight", "zero3_problems"]

@@ -16,7 +16,7 @@ from ..config import ConfigError, ExperimentConfig, to_mapping
 from ..data.binarized import BinarizedError, TokenStream
 from ..data.vocab import Vocabulary, VocabularyError
 from .preflight import RESUMABLE_OVERRIDES, run_preflight
-from .run_dir import RunDir
+from .run_dir import ResumePoint, RunDir
 
 
 @dataclass
@@ -37,6 +37,8 @@ class RunArgs:
     dry_run: bool = False
     target_device: str = "auto"
     world_size: int | None = None
+    #: ``--resume_from``: resume from this checkpoint tag instead of the newest verified one.
+    resume_from: str | None = None
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Prepared:
     vocab: Vocabulary
     train_streams: list[TokenStream]
     valid_streams: list[TokenStream]
+    #: On ``--resume``: where to continue (None for a new run).
+    resume: ResumePoint | None = None
 
 
 def prepare_run(args: RunArgs, world_size: int) -> Prepared:
@@ -59,7 +63,7 @@ def prepare_run(args: RunArgs, world_size: int) -> Prepared:
         RunDirError, ConfigError, DataPrepError, VocabularyError, BinarizedError, DataError: see the messages.
     """
     pf = run_preflight(args, world_size, torch.cuda.is_available(), strict=True)
-    return Prepared(pf.cfg, pf.ds_cfg, pf.paths, pf.manifest, pf.vocab, pf.train_streams, pf.valid_streams)
+    return Prepared(pf.cfg, pf.ds_cfg, pf.paths, pf.manifest, pf.vocab, pf.train_streams, pf.valid_streams, pf.resume)
 
 
 def check_checkpoint_matches(client_state: dict, prep: Prepared) -> None:

