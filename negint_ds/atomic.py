@@ -32,15 +32,16 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_write_json(path: str, obj) -> None:
     """Pretty-printed, strict JSON version of :func:`atomic_write_bytes`: a non-finite float is written as
     ``null`` (JSON has no NaN; Python would otherwise write the invalid token ``NaN``)."""
-    atomic_write_text(path, json.dumps(_strict(obj), indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False)
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False)
                       + "\n")
 
 
-def _strict(obj):
+def json_safe(obj):
+    """``obj`` (nested dicts/lists) with every non-finite float replaced by None: what strict JSON can hold."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, cfg = _model_and_config(a)
 
-        manifest = check_prepared(cfg.data, recipe=getattr(a, "config", None))
+        manifest = check_prepared(cfg.data, recipe=a.config)
         vocab = Vocabulary(os.path.join(cfg.data.dir, manifest["vocab"]["file"]))
         if model is None:
             torch.manual_seed(a.seed)

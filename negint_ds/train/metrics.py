@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, json_safe
 
 
 class MetricsLogger:
@@ -80,10 +79,9 @@ def strict_json_record(record: dict) -> dict:
     JSON has no NaN or infinity (Python would write the invalid tokens ``NaN``/``Infinity``); a reader
     still learns which values were not finite.
     """
-    bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
-    if not bad:
-        return record
-    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+    safe = json_safe(record)
+    bad = sorted(k for k, v in safe.items() if v is None and record[k] is not None)
+    return {**safe, "nonfinite": bad} if bad else record
 
 
 def read_jsonl(path: str) -> list[dict]:

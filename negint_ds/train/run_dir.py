@@ -185,18 +185,20 @@ class RunDir:
                 missing or damaged (never a silent restart from step 0); none of them verifies.
         """
         tags = self.checkpoint_tags()
-        verdicts = {t: verify(os.path.join(self.checkpoints, t)) for t in reversed(tags)}  # newest first
+        check = lambda t: verify(os.path.join(self.checkpoints, t))  # noqa: E731 - hashes every file: only as needed
+        unfinished = lambda t: not os.path.isfile(os.path.join(self.checkpoints, t, MANIFEST))  # noqa: E731
+        step_of = lambda t: int(t.split("_")[1])  # noqa: E731
         if tag is not None:
-            if tag not in verdicts:
+            if tag not in tags:
                 raise RunDirError(f"--resume_from {tag}: no such checkpoint in {self.checkpoints} (there are {tags})")
-            if not verdicts[tag].ok:
-                raise RunDirError(f"--resume_from {tag}: it does not verify: {verdicts[tag].reason}")
-            v = verdicts[tag]
-            return ResumePoint(tag, v.step, quarantine=[t for t in tags if not verdicts[t].ok or verdicts[t].step > v.step],
+            v = check(tag)
+            if not v.ok:
+                raise RunDirError(f"--resume_from {tag}: it does not verify: {v.reason}")
+            return ResumePoint(tag, v.step, quarantine=[t for t in tags if step_of(t) > v.step or unfinished(t)],
                                manifest=v.manifest)
         if not os.path.isfile(self.latest_file):
             if tags:
-                good = [t for t, v in verdicts.items() if v.ok]
+                good = [t for t in reversed(tags) if check(t).ok]
                 raise RunDirError(f"{self.latest_file} is missing but {self.checkpoints} holds {tags}; refusing to "
                                   f"restart from step 0 over them. Pass --resume_from <tag> to continue from a "
                                   f"verified checkpoint ({good or 'none verifies'}), or restore latest.json")
@@ -210,13 +212,12 @@ class RunDir:
             return ResumePoint(None, 0)  # nothing saved yet
         named = {latest["tag"], *(h["tag"] for h in latest.get("history", []))}
         skipped, quarantine = [], []
-        for t, v in verdicts.items():
-            legacy = not os.path.isfile(os.path.join(self.checkpoints, t, MANIFEST)) and t in named
-            if v.ok or legacy:
-                step = v.step if v.ok else int(t.split("_")[1])
-                return ResumePoint(t, step, skipped, quarantine + [u for u, w in verdicts.items() if not w.ok and u != t
-                                                                   and u not in named and u not in quarantine],
-                                   v.manifest)
+        for i, t in enumerate(reversed(tags)):  # newest first; older ones are not read once one verifies
+            v = check(t)
+            if v.ok or (unfinished(t) and t in named):  # the latter: written before checkpoint manifests
+                older = tags[:len(tags) - 1 - i]
+                return ResumePoint(t, v.step if v.ok else step_of(t), skipped,
+                                   quarantine + [u for u in older if unfinished(u) and u not in named], v.manifest)
             skipped.append((t, v.reason))
             quarantine.append(t)
         if latest.get("tag") is None:  # the first save never completed: nothing was lost, start again
