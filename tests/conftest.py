@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -19,6 +20,23 @@ if not torch.cuda.is_available():
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launchers", "pretrain.py")
+
+
+@pytest.fixture(autouse=True)
+def _restore_project_logger():
+    """Give every test the ``negint_ds`` logger as it found it.
+
+    An in-process ``Trainer`` configures that logger for a run (its own handlers, no propagation to the
+    root), which would otherwise hide later tests' records from pytest's ``caplog`` depending on test order.
+    """
+    log = logging.getLogger("negint_ds")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    for h in log.handlers:
+        if h not in saved[0]:
+            h.close()
+    log.handlers[:] = saved[0]
+    log.propagate, log.level = saved[1], saved[2]
 
 
 def synthetic_lines(seed: int, syllables: list[str], n_lines: int, n_words: int = 300) -> list[str]:
