@@ -11,10 +11,11 @@ export PYTHONPATH=$PWD/.site:$PWD PATH=$PWD/.site/bin:$PATH TORCH_CUDA_ARCH_LIST
 exec > >(tee -a "$OUT/gpu_meta_kernels.log") 2>&1
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 echo "== kernel tests on the GPU"
-timeout 240 python3 -m pytest -q tests/test_kernels.py 2>&1 | tail -5
-echo "== kernel benchmarks"
-timeout 300 python3 kernels/bench/bench_adapter.py --dtype bf16 | tee "$OUT/bench_adapter.txt" | tail -20
-timeout 120 python3 kernels/bench/bench_fd_hvp.py | tee "$OUT/bench_fd_hvp.txt" | tail -12
+timeout 300 python3 -m pytest -q tests/test_kernels.py tests/test_fd_hvp_kernels.py tests/test_gemm_chain.py 2>&1 | tail -5
+echo "== kernel benchmarks (max-autotune tunes every shape: it gets its own, longer budget)"
+timeout 300 python3 kernels/bench/bench_adapter.py --dtype bf16 --providers triton,eager,compile,gemm-chain --json "$OUT/bench_adapter.json" | tee "$OUT/bench_adapter.txt" | tail -20
+timeout 420 python3 kernels/bench/bench_adapter.py --dtype bf16 --providers triton,max-autotune --json "$OUT/bench_adapter_autotune.json" | tail -12
+timeout 120 python3 kernels/bench/bench_fd_hvp.py --json "$OUT/bench_fd_hvp.json" | tee "$OUT/bench_fd_hvp.txt" | tail -12
 echo "== meta step vs plain step (paper configuration, bf16, ZeRO-1, batch 128 x 256)"
 timeout 450 python3 benchmarks/meta_step.py --recipe jointpair_en_sw_meta_adpt --deepspeed_config ds_configs/gpu_bf16_zero1.json --modes plain,fd,fd_working,fd_forward,exact,exact_working --steps 10 --warmup 3 | tee "$OUT/meta_step.txt" | tail -8
 echo "== end-to-end tokens/s, kernels on and off"

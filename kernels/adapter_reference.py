@@ -36,3 +36,39 @@ def bottleneck_adapter_reference(x: torch.Tensor, w_down: torch.Tensor, b_down: 
     h = F.linear(x, w_down, b_down)
     h = F.gelu(h) if activation == "gelu" else F.relu(h)
     return x + F.linear(h, w_up, b_up)
+
+
+def bottleneck_adapter_backward_reference(x: torch.Tensor, dy: torch.Tensor, w_down: torch.Tensor,
+                                          b_down: torch.Tensor, w_up: torch.Tensor, activation: str = "gelu",
+                                          needs: tuple[bool, ...] = (True,) * 5) -> tuple:
+    """Closed-form gradients of :func:`bottleneck_adapter_reference` (no autograd graph needed).
+
+    With z = x W_downᵀ + b_down, h = g(z): db_up = Σ dy, dW_up = dyᵀ h, dz = (dy W_up) ⊙ g'(z),
+    dW_down = dzᵀ x, db_down = Σ dz, dx = dy + dz W_down; g' of the exact GELU is Φ(z) + z φ(z).
+    Computed in fp32 (fp64 for fp64) and returned in x's dtype. Used where autograd is not running (inside
+    the custom op's backward) and as the backward's plain-torch reference.
+
+    Args:
+        x, dy: (..., d). w_down (b, d), b_down (b,), w_up (d, b).
+        needs: which of (dx, dW_down, db_down, dW_up, db_up) to return; the others are None.
+
+    Returns:
+        (dx (..., d), dW_down (b, d), db_down (b,), dW_up (d, b), db_up (d,)).
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+    d = x.shape[-1]
+    x2, dy2 = x.reshape(-1, d).to(acc), dy.reshape(-1, d).to(acc)
+    wd, wu = w_down.to(acc), w_up.to(acc)
+    z = F.linear(x2, wd, b_down.to(acc))
+    if activation == "gelu":
+        h = F.gelu(z)
+        gprime = 0.5 * (1.0 + torch.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * torch.exp(-0.5 * z * z)
+    elif activation == "relu":
+        h, gprime = F.relu(z), (z > 0).to(acc)
+    else:
+        raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+    dz = (dy2 @ wu) * gprime
+    out = [(dy2 + dz @ wd).reshape(x.shape) if needs[0] else None,
+           dz.t() @ x2 if needs[1] else None, dz.sum(0) if needs[2] else None,
+           dy2.t() @ h if needs[3] else None, dy2.sum(0) if needs[4] else None]
+    return tuple(t.to(x.dtype) if t is not None else None for t in out)

@@ -77,17 +77,21 @@ def test_adapter_module_runs_the_fused_triton_kernel_forward_and_backward(monkey
     """NEGINT_DS_KERNELS=triton, fp32: the module goes through the fused kernel (spied) and matches a float64
     evaluation of the Appendix B formula to fp32 accuracy (1e-5 relative, as in tests/test_kernels.py)."""
     adapter_triton = importlib.import_module("negint_ds.kernels.adapter_triton")
-    real = adapter_triton.bottleneck_adapter_triton
+    dispatch = importlib.import_module("negint_ds.kernels.dispatch")
     calls = []
 
-    def spy(*args, **kwargs):
-        y = real(*args, **kwargs)
-        calls.append(y)
-        return y
+    def spy(name):
+        real = getattr(adapter_triton, name)
 
-    # dispatch imports the kernel from this module at call time, so patching the module attribute is what it sees
-    monkeypatch.setattr(adapter_triton, "bottleneck_adapter_triton", spy)
-    monkeypatch.setenv("NEGINT_DS_KERNELS", "triton")
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return wrapped
+
+    # the custom op looks the launchers up on this module at call time, so patching them is what it sees
+    for name in ("adapter_forward", "adapter_backward"):
+        monkeypatch.setattr(adapter_triton, name, spy(name))
+    monkeypatch.setattr(dispatch, "_MODE", "triton")
     torch.manual_seed(2)
     a = BottleneckAdapter(24, 6, "gelu", 0.0)
     with torch.no_grad():
@@ -95,11 +99,12 @@ def test_adapter_module_runs_the_fused_triton_kernel_forward_and_backward(monkey
         a.up.bias.normal_(0.0, 0.5)
     z = torch.randn(2, 7, 24, requires_grad=True)
     out = a(z)
-    assert len(calls) == 1 and calls[0] is out, "the module must return the fused kernel's output"
+    assert calls == ["adapter_forward"], "the module must run the fused forward kernel"
     assert out.dtype == torch.float32 and out.shape == z.shape
     dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
     leaves = [z, a.down.weight, a.down.bias, a.up.weight, a.up.bias]
     grads = torch.autograd.grad(out, leaves, dy)
+    assert calls == ["adapter_forward", "adapter_backward"], "and the fused backward"
 
     ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
     ref = appendix_b_adapter(*ref_leaves)

@@ -138,6 +138,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(self.split.theta.values()),
                                                     config=ds_cfg, lr_scheduler=scheduler)
         self.device = self.engine.device
+        _check_kernels(model, self.engine)
         self.phi = (PhiTraining(self.cfg, self.engine, self.split, phi_init, ds_cfg, self.prep, self.world, self.rank)
                     if self.split.has_phi else None)
         if tc.compile:  # the meta passes run eagerly (see negint_ds.meta.passes.eager); they need its RNG
@@ -517,6 +518,22 @@ class Trainer:
                 "data_fingerprint": self.prep.manifest["fingerprint"]})
 
         self._rank0(write)
+
+
+def _check_kernels(model, engine) -> None:
+    """Run the fused adapter's one-time self-check now, before any step or ``torch.compile`` trace (auto mode on
+    CUDA; elsewhere it only records that the reference runs). A failing configuration warns once here."""
+    from ..kernels import self_check
+    from ..model import BottleneckAdapter
+
+    shapes = [(m.down.in_features, m.down.out_features, m.activation) for m in model.modules()
+              if isinstance(m, BottleneckAdapter)]
+    if not shapes:
+        return
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else torch.float32
+    fused = self_check(shapes, dtype, engine.device)
+    log.info("adapter kernels (%s): %s", dtype, ", ".join(f"d={d} b={b} {a}: {'fused' if ok else 'torch'}"
+                                                          for (d, b, a), ok in fused.items()))
 
 
 def _grad_norm(engine) -> float | None:
