@@ -108,19 +108,6 @@ def backward_weights_candidates(dtype: torch.dtype, b: int) -> list[Tiles]:
     return _lookup(BACKWARD_WEIGHTS, "backward weight", dtype, b)
 
 
-def forward_config(dtype: torch.dtype, d: int, b: int) -> Tiles:
-    """The default forward configuration (d is part of the autotuning key on a GPU, not of this table)."""
-    return forward_candidates(dtype, b)[0]
-
-
-def backward_rows_config(dtype: torch.dtype, d: int, b: int) -> Tiles:
-    return backward_rows_candidates(dtype, b)[0]
-
-
-def backward_weights_config(dtype: torch.dtype, d: int, b: int) -> Tiles:
-    return backward_weights_candidates(dtype, b)[0]
-
-
 def fits(dtype: torch.dtype, b: int, smem_limit: int | None) -> str | None:
     """None if every kernel has a configuration for (dtype, b) within ``smem_limit`` bytes, else why not.
 

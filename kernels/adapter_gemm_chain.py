@@ -44,18 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .adapter_reference import check_adapter_args
+
 _HAS_ADDMM_ACTIVATION = hasattr(torch, "_addmm_activation")  # private op, present since torch 1.13
-
-
-def _check(x, w_down, b_down, w_up, b_up, activation) -> None:
-    """The reference's validation, with its messages (ValueError)."""
-    if activation not in ("gelu", "relu"):
-        raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
-    d = x.shape[-1] if x.dim() else None
-    if d is None or w_down.dim() != 2 or w_down.shape[1] != d or w_up.shape != (d, w_down.shape[0]) \
-            or b_down.shape != (w_down.shape[0],) or b_up.shape != (d,):
-        raise ValueError(f"adapter shapes do not match: x (..., {d}), w_down {tuple(w_down.shape)}, "
-                         f"b_down {tuple(b_down.shape)}, w_up {tuple(w_up.shape)}, b_up {tuple(b_up.shape)}")
 
 
 def _down(x2: torch.Tensor, w_down: torch.Tensor, b_down: torch.Tensor, activation: str):
@@ -149,5 +140,5 @@ def bottleneck_adapter_gemm_chain(x: torch.Tensor, w_down: torch.Tensor, b_down:
         RuntimeError: (from torch's GEMMs) x and the weights in different dtypes or on different devices; the
             chain is not autocast-aware — its in-place residual GEMM needs one dtype throughout.
     """
-    _check(x, w_down, b_down, w_up, b_up, activation)
+    check_adapter_args(x, w_down, b_down, w_up, b_up, activation)
     return GemmChainAdapter.apply(x, w_down, b_down, w_up, b_up, activation, bool(recompute))

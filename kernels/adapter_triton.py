@@ -34,6 +34,7 @@ use IEEE fp32 dots, not TF32).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -42,6 +43,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from . import adapter_configs as C
+from .adapter_reference import check_adapter_args
 
 MAX_BOTTLENECK = C.MAX_BOTTLENECK
 
@@ -215,12 +217,11 @@ def unsupported(x, w_down, b_down, w_up, b_up, activation) -> str | None:
     Beyond shapes and dtypes, the tile tables must hold a configuration for (dtype, b) that fits the
     device's shared memory (see :func:`negint_ds.kernels.adapter_configs.fits`).
     """
-    d, b = x.shape[-1], w_down.shape[0]
-    if activation not in ("gelu", "relu"):
-        return f"activation must be 'gelu' or 'relu', got {activation!r}"
-    if w_down.shape != (b, d) or w_up.shape != (d, b) or b_down.shape != (b,) or b_up.shape != (d,):
-        return (f"adapter shapes do not match: x (..., {d}), w_down {tuple(w_down.shape)}, b_down "
-                f"{tuple(b_down.shape)}, w_up {tuple(w_up.shape)}, b_up {tuple(b_up.shape)}")
+    try:
+        check_adapter_args(x, w_down, b_down, w_up, b_up, activation)
+    except ValueError as e:
+        return str(e)
+    b = w_down.shape[0]
     if b > MAX_BOTTLENECK:
         return f"fused adapter supports a bottleneck of at most {MAX_BOTTLENECK}, got {b}"
     if len({t.dtype for t in (x, w_down, b_down, w_up, b_up)}) != 1:
@@ -232,11 +233,23 @@ def unsupported(x, w_down, b_down, w_up, b_up, activation) -> str | None:
     return C.fits(x.dtype, b, _smem_limit(x.device))
 
 
+@functools.lru_cache(maxsize=None)
+def _device_limits(index: int) -> tuple[int, int | None]:
+    """(SM count, opt-in shared memory per block in bytes) of CUDA device ``index``, read once."""
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, getattr(props, "shared_memory_per_block_optin", None)
+
+
+def _sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 2 "SMs" when interpreting on CPU (a small persistent grid)."""
+    return _device_limits(device.index if device.index is not None else torch.cuda.current_device())[0] \
+        if device.type == "cuda" else 2
+
+
 def _smem_limit(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
-    props = torch.cuda.get_device_properties(device)
-    return getattr(props, "shared_memory_per_block_optin", None)
+    return _device_limits(device.index if device.index is not None else torch.cuda.current_device())[1]
 
 
 def _check(x, w_down, b_down, w_up, b_up, activation):
@@ -255,16 +268,12 @@ def _rows_major(t: torch.Tensor) -> torch.Tensor:
 
 
 def _programs(device: torch.device, tiles: int, per_sm: int = 2) -> int:
-    """A persistent grid: at most ``per_sm`` programs per SM (4 when interpreting on CPU), never more than tiles."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 2
-    return max(1, min(tiles, sms * per_sm))
+    """A persistent grid: at most ``per_sm`` programs per SM, never more than there are tiles."""
+    return max(1, min(tiles, _sm_count(device) * per_sm))
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# read once, like Triton's @jit, which decides at decoration (import) time whether kernels are interpreted
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 _TUNED: dict[tuple, object] = {}
@@ -274,7 +283,7 @@ def _tuned(kernel, dtype: torch.dtype, b: int, cands: list) -> object | None:
     """``@triton.autotune`` over the table's candidates, keyed on (D, B) and the tensors' dtypes (Triton adds
     those to the key), built once per (kernel, precision, BLOCK_B); None where there is nothing to tune
     (one candidate, or the CPU interpreter, which would time Python)."""
-    if len(cands) < 2 or _interpreting():
+    if len(cands) < 2 or _INTERPRETING:
         return None
     key = (kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__, C.precision_class(dtype), C.block_b(b))
     if key not in _TUNED:
@@ -316,8 +325,7 @@ def token_splits(device: torch.device, T: int, d: int, b: int, block_t: int, blo
     4 token blocks, and never so many that the fp32 partials (2·S·d·b·4 bytes) exceed an eighth of x's bytes.
     """
     n_slices = triton.cdiv(d, block_d) * triton.cdiv(b, block_bs)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    want = triton.cdiv(2 * sms, 2 * n_slices)
+    want = triton.cdiv(2 * _sm_count(device), 2 * n_slices)
     by_len = max(1, T // (4 * block_t))
     by_bytes = max(1, (T * d * 2) // (8 * 2 * d * b * 4))
     return max(1, min(want, by_len, by_bytes))
@@ -364,7 +372,7 @@ def adapter_backward(x2, dy2, w_down, b_down, w_up, activation: str,
     if need_dx:
         out[0] = dx
     if do_up or do_down:
-        wc = C.backward_weights_config(dt, d, b)
+        wc = C.backward_weights_candidates(dt, b)[0]  # one candidate: its grid depends on the tiles
         S = token_splits(dev, T, d, b, wc.block_m, wc.block_n, wc.block_k)
         per = triton.cdiv(triton.cdiv(T, S), wc.block_m) * wc.block_m
         S = triton.cdiv(T, per)

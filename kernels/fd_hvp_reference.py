@@ -67,16 +67,31 @@ def fill_missing(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.T
     """Per parameter, (direct, g⁺, g⁻) in :func:`acc_dtype`, contiguous, with zeros for ``None`` (unused).
 
     Raises:
-        ValueError: the lists differ in length, or a position is None in all three.
+        ValueError: see :func:`check_terms`.
     """
-    if not len(direct) == len(g_plus) == len(g_minus):
-        raise ValueError("combine: direct, g_plus and g_minus must have the same length")
     out = []
-    for terms in zip(direct, g_plus, g_minus):
-        ref = next((t for t in terms if t is not None), None)
-        if ref is None:
-            raise ValueError("combine: a parameter has no gradient in any term")
+    for terms in check_terms(direct, g_plus, g_minus):
+        ref = next(t for t in terms if t is not None)
         a = acc_dtype(ref.dtype)
         out.append(tuple((torch.zeros(ref.shape, dtype=a, device=ref.device) if t is None else t.to(a)).contiguous()
                          for t in terms))
     return out
+
+
+def check_terms(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.Tensor | None],
+                g_minus: Sequence[torch.Tensor | None]) -> list[tuple]:
+    """The (direct, g⁺, g⁻) triple of each parameter, checked: the rules every ``combine`` implementation shares.
+
+    Raises:
+        ValueError: the lists differ in length, a position is None in all three, or its terms differ in shape.
+    """
+    if not len(direct) == len(g_plus) == len(g_minus):
+        raise ValueError("combine: direct, g_plus and g_minus must have the same length")
+    trios = list(zip(direct, g_plus, g_minus))
+    for trio in trios:
+        ref = next((t for t in trio if t is not None), None)
+        if ref is None:
+            raise ValueError("combine: a parameter has no gradient in any term")
+        if any(t is not None and t.shape != ref.shape for t in trio):
+            raise ValueError(f"combine: shapes {[None if t is None else tuple(t.shape) for t in trio]} differ")
+    return trios

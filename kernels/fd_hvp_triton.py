@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fd_hvp_reference import acc_dtype
+from .fd_hvp_reference import acc_dtype, check_terms
 
 BLOCK = 1024  # elements per inner iteration: 4 warps × 32 threads × 8 elements (two 16-byte fp32 vectors)
 CHUNK = 16 * BLOCK  # elements per program: large enough to amortise the table row, small enough to balance SMs
@@ -435,16 +435,7 @@ def combine(direct: Sequence[torch.Tensor | None], g_plus: Sequence[torch.Tensor
         ValueError: lists of different lengths, a position that is None in all three, terms of different
             shapes at one position, tensors on different devices, or a non-scalar ``eps``.
     """
-    if not len(direct) == len(g_plus) == len(g_minus):
-        raise ValueError("combine: direct, g_plus and g_minus must have the same length")
-    terms = []
-    for trio in zip(direct, g_plus, g_minus):
-        ref = next((t for t in trio if t is not None), None)
-        if ref is None:
-            raise ValueError("combine: a parameter has no gradient in any term")
-        if any(t is not None and t.shape != ref.shape for t in trio):
-            raise ValueError(f"combine: shapes {[None if t is None else tuple(t.shape) for t in trio]} differ")
-        terms.append(tuple(None if t is None else t.detach() for t in trio))
+    terms = [tuple(None if t is None else t.detach() for t in trio) for trio in check_terms(direct, g_plus, g_minus)]
     if not terms:
         return []
     dev = _one_device([t for trio in terms for t in trio], "combine")

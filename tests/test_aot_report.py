@@ -51,3 +51,24 @@ def test_the_paper_shape_is_spill_free_wgmma_in_every_kernel(report):
     assert set(paper) == {"fwd", "rows", "weights"}
     for kernel, r in paper.items():
         assert r["mma"] == "HGMMA" and r["spill_bytes"] == 0, (kernel, r)
+
+
+def test_fd_hvp_variants_are_spill_free_and_vectorised(report):
+    """The FD-HVP ops' specialisations (``fd_hvp_triton.aot_variants()``, compiled in the same report): every op
+    in fp32, bf16 and fp16, no spills, and 16-byte loads wherever the alignment is promised — none in the
+    unaligned control."""
+    from negint_ds.kernels import fd_hvp_triton as K
+
+    rows, _ = report
+    names = [v.name for v in K.aot_variants()]
+    assert set(names) <= set(rows)
+    for op in ("sumsq", "axpy", "combine"):
+        for dt in ("fp32", "bf16", "fp16"):
+            assert any(op in n and dt in n.split("v=")[0] for n in names), (op, dt, names)
+    for name in names:
+        r = rows[name]
+        assert r["problems"] == [] and r["spill_bytes"] == 0, r
+        if "unaligned" in name:
+            assert r["vector_loads"] == 0, f"control: without the alignment promise loads stay scalar: {r}"
+        else:
+            assert r["vector_loads"] > 0, f"no 16-byte loads: {r}"

@@ -37,8 +37,6 @@ def adapter_rows(dtypes) -> list[dict]:
 def fd_rows() -> list[dict]:
     from negint_ds.kernels import fd_hvp_triton
 
-    if not hasattr(fd_hvp_triton, "aot_variants"):
-        return []
     rows = []
     for v in fd_hvp_triton.aot_variants():
         r = compile_sm90(v)
