@@ -101,6 +101,21 @@ def tiny_data(corpus_dir, tmp_path_factory) -> dict:
     return {"recipe": rpath, "data_dir": cfg.data.dir, "manifest": manifest, "dir": str(d)}
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> dict:
+    """A finished tiny run for the analyses: 12 ZeRO-2 steps (warm-up 4), checkpoints at steps 6 and 12, export/
+    written. {'run': run dir, 'ds': its DeepSpeed config, 'dir': a scratch directory beside it}. Tests may add
+    files under its analysis/, never change what training wrote."""
+    d = tmp_path_factory.mktemp("tiny_run")
+    ds = write_ds_config(str(d / "zero2.json"), stage=2)
+    run = str(d / "run")
+    p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
+                      "--set", "train.max_steps=12", "--set", "train.save_every=6", "--set", "train.eval_every=6",
+                      "--set", "train.warmup_steps=4", "--set", "train.keep_checkpoints=2"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    return {"run": run, "ds": ds, "dir": str(d)}
+
+
 def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, lr: float = 1e-3, **extra) -> str:
     cfg = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
            "optimizer": {"type": "AdamW", "params": {"lr": lr, "eps": 1e-6, "weight_decay": 0.01,

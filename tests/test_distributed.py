@@ -1,6 +1,7 @@
 """Two CPU processes on gloo (deepspeed launcher and mpirun) reproduce one process with the same global batch."""
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -22,8 +23,11 @@ def _tool(name):
 
 _META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "--set", "meta.val_batch_size=8",
          "--set", "meta.val_micro_batch=4"]
+_GC = ["--set", "analysis.grad_conflict.enabled=true", "--set", "analysis.grad_conflict.every=4",
+       "--set", "analysis.grad_conflict.sequences=8", "--set", "model.adapters.kind=language"]
 MODES = {"plain": [], "joint": ["--set", "model.adapters.kind=language"], "meta": _META,
-         "meta_exact": [*_META, "--set", "meta.hypergradient=exact"]}
+         "meta_exact": [*_META, "--set", "meta.hypergradient=exact"], "grad_conflict": _GC}
+ANALYZE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launchers", "analyze.py")
 
 
 def _args(tiny_data, ds, run, mode):
@@ -56,7 +60,8 @@ def _compare(run, ref):
 
 
 @pytest.mark.parametrize("launcher,mode", [("deepspeed", "plain"), ("mpiexec", "plain"), ("deepspeed", "joint"),
-                                           ("deepspeed", "meta"), ("mpiexec", "meta_exact")])
+                                           ("deepspeed", "meta"), ("mpiexec", "meta_exact"),
+                                           ("deepspeed", "grad_conflict")])
 def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, mode):
     """ZeRO-2 over gloo. joint: φ gradients accumulated over 2 micro-batches (1 process) vs averaged over
     2 ranks; meta: θ gradients, v, the hypergradient and φ all cross the process boundary (for the exact
@@ -76,3 +81,45 @@ def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, 
     if mode.startswith("meta"):
         a, b = read_metrics(refs[mode], "train"), read_metrics(run, "train")
         assert [r["meta_val_loss"] for r in b] == pytest.approx([r["meta_val_loss"] for r in a], rel=LOSS_RTOL)
+    if mode == "grad_conflict":  # each rank takes every 2nd probe micro-batch; sums meet in one all-reduce
+        _compare_probe_rows(os.path.join(run, "analysis", "grad_conflict.csv"),
+                            os.path.join(refs[mode], "analysis", "grad_conflict.csv"))
+
+
+def _compare_probe_rows(path, ref_path):
+    from negint_ds.analysis.grad_conflict import read_rows
+
+    a, b = read_rows(ref_path), read_rows(path)
+    assert [(r["step"], r["pair"], r["group"]) for r in a] == [(r["step"], r["pair"], r["group"]) for r in b]
+    assert sorted({r["step"] for r in a}) == [0, 4, 8]
+    assert [r["cosine"] for r in b] == pytest.approx([r["cosine"] for r in a], abs=1e-5)
+
+
+def _analyze(args, prefix):
+    from conftest import child_env, free_port
+
+    port = str(free_port())
+    cmd = [port if x == "{port}" else x for x in prefix] + [ANALYZE, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=child_env(MASTER_PORT=port))
+
+
+def test_offline_grad_conflict_two_processes_match_one(references, tmp_path):
+    """launchers/analyze.py grad_conflict over a run's checkpoints: mpiexec -n 2 gives the rows of 1 process."""
+    refs, _ = references
+    exe = _tool("mpiexec")
+    if exe is None:
+        pytest.fail(f"mpiexec not found next to {sys.executable} or on PATH (pip install mpich mpi4py)")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    shutil.copytree(refs["grad_conflict"], one)
+    shutil.copytree(refs["grad_conflict"], two)
+    args = ["grad_conflict", "--sequences", "8", "--micro_batch", "2", "--no_progress", "--run_dir"]
+    p = _analyze(args + [one], [sys.executable])
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = _analyze(args + [two], [exe, "-n", "2", sys.executable])
+    assert p.returncode == 0, p.stderr[-3000:]
+    from negint_ds.analysis.grad_conflict import read_rows
+
+    a = read_rows(os.path.join(one, "analysis", "grad_conflict_offline.csv"))
+    b = read_rows(os.path.join(two, "analysis", "grad_conflict_offline.csv"))
+    assert a and [(r["step"], r["pair"], r["group"]) for r in a] == [(r["step"], r["pair"], r["group"]) for r in b]
+    assert [r["cosine"] for r in b] == pytest.approx([r["cosine"] for r in a], abs=1e-5)

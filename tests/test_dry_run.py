@@ -30,7 +30,7 @@ def _mixed_precision(ds: dict) -> str | None:
     return next((k for k in ("bf16", "fp16") if ds.get(k, {}).get("enabled")), None)
 
 
-def _unexpected(result, ds: dict, target: str, language_specific: bool) -> list[str]:
+def _unexpected(result, ds: dict, target: str, zero3_refused: bool) -> list[str]:
     """Problems outside the allowed reasons, and allowed refusals that are missing."""
     mixed, stage3 = _mixed_precision(ds), ds.get("zero_optimization", {}).get("stage") == 3
     bad = []
@@ -39,13 +39,13 @@ def _unexpected(result, ds: dict, target: str, language_specific: bool) -> list[
             continue  # CI has no prepared data for the built-in corpora (they are downloaded)
         if p.category == "hardware" and target == "cpu" and mixed and mixed in p.message and "GPU" in p.message:
             continue
-        if p.category == "config" and stage3 and language_specific and "ZeRO-3" in p.message:
+        if p.category == "config" and stage3 and zero3_refused and "ZeRO-3" in p.message:
             continue
         bad.append(f"unexpected {p}")
     if target == "cpu" and mixed and not any(p.category == "hardware" for p in result.problems):
         bad.append(f"missing: {mixed} on a CPU target was not refused")
-    if stage3 and language_specific and not any("ZeRO-3" in p.message for p in result.problems):
-        bad.append("missing: ZeRO-3 with language-specific φ was not refused")
+    if stage3 and zero3_refused and not any("ZeRO-3" in p.message for p in result.problems):
+        bad.append("missing: ZeRO-3 with language-specific φ or the gradient-conflict probe was not refused")
     return bad
 
 
@@ -56,9 +56,11 @@ def test_the_matrix_covers_meta_recipes_and_gpu_configs():
 
 @pytest.mark.parametrize("recipe_path", RECIPES, ids=_name)
 def test_every_recipe_with_every_ds_config_would_start_or_is_refused_for_a_named_reason(recipe_path, tmp_path):
-    """Config problems are allowed only for ZeRO-3 with φ: so every GPU config must fit every meta recipe."""
+    """Config problems are allowed only for ZeRO-3 with φ or with the gradient-conflict probe (both read whole
+    tensors): so every GPU config must fit every meta recipe."""
     cfg = load_experiment(recipe_path)
     has_phi = cfg.model.has_language_specific
+    zero3_refused = has_phi or cfg.analysis.grad_conflict.enabled
     failures = []
     for ds_path in DS_CONFIGS:
         ds = read_ds_config(ds_path)
@@ -66,7 +68,7 @@ def test_every_recipe_with_every_ds_config_would_start_or_is_refused_for_a_named
             pair = f"{_name(recipe_path)} x {os.path.basename(ds_path)} (target {target})"
             args = RunArgs(run_dir=str(tmp_path / "run"), config=recipe_path, deepspeed_config=ds_path)
             result = dry_run(args, target_device=target, world_size=1)
-            failures += [f"{pair}: {msg}" for msg in _unexpected(result, ds, target, has_phi)]
+            failures += [f"{pair}: {msg}" for msg in _unexpected(result, ds, target, zero3_refused)]
             m = result.model
             if m is None:
                 failures.append(f"{pair}: the model was not built on the meta device")

@@ -401,6 +401,48 @@ class MetaConfig:
 
 
 @dataclass
+class GradConflictConfig:
+    """Gradient conflict during pretraining (paper §3.1 "Gradient Conflict", Figure 3; README "Analyses").
+
+    Every ``every`` steps the trainer takes, for each language, the fp32 gradient of the MLM loss with respect
+    to the shared parameters θ over an effective batch of ``sequences`` windows (built by accumulating
+    micro-batches of ``micro_batch``), plus a second, independently drawn batch for each control language (the
+    paper's "En–En"), and logs the cosine similarity of every pair to ``analysis/grad_conflict.csv``. Its
+    batches come from their own RNG stream and it leaves no gradients behind: training is bit-identical
+    with it on or off.
+    """
+
+    enabled: bool = False
+    #: Probe every k optimiser steps (paper: 10), and at step 0.
+    every: int = 10
+    #: Sequences (train windows of ``train.seq_len`` tokens) per gradient (paper: 4,096 sentences).
+    sequences: int = 4096
+    #: Sequences per forward/backward of the probe (None: the training micro-batch).
+    micro_batch: Optional[int] = None
+    #: Languages that get a second independent batch as the same-language control (None: every language).
+    controls: Optional[list[str]] = None
+    #: Dropout in the probe's forwards. false (default): the gradient of the loss itself, not of one dropout
+    #: draw, so the cosine measures the languages, not dropout noise.
+    dropout: bool = False
+
+    def validate(self) -> list[str]:
+        p = []
+        for name in ("every", "sequences"):
+            if getattr(self, name) <= 0:
+                p.append(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.micro_batch is not None and self.micro_batch <= 0:
+            p.append(f"micro_batch: must be positive or null, got {self.micro_batch}")
+        return p
+
+
+@dataclass
+class AnalysisConfig:
+    """Analyses that run during pretraining (the others run on a finished run: ``launchers/analyze.py``)."""
+
+    grad_conflict: GradConflictConfig = field(default_factory=GradConflictConfig)
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: one recipe file."""
 
@@ -410,6 +452,7 @@ class ExperimentConfig:
     mlm: MLMConfig = field(default_factory=MLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     description: str = ""
     #: A recipe (name or path) this one is merged onto; resolved by :func:`load_experiment`.
     extends: Optional[str] = None
@@ -426,6 +469,14 @@ class ExperimentConfig:
                          f"meta-learning (the paper meta-learns adapters only)")
             if not self.meta.include_self and len(self.data.languages) < 2:
                 p.append("meta.include_self: false needs at least two languages")
+        gc = self.analysis.grad_conflict
+        for lang in gc.controls or []:
+            if lang not in self.data.languages:
+                p.append(f"analysis.grad_conflict.controls: {lang!r} is not one of data.languages "
+                         f"{list(self.data.languages)}")
+        if gc.enabled and gc.micro_batch is not None and gc.sequences % gc.micro_batch:
+            p.append(f"analysis.grad_conflict.sequences={gc.sequences} must be a multiple of micro_batch="
+                     f"{gc.micro_batch}")
         return p
 
     @property
@@ -495,6 +546,6 @@ def _deep_merge(base: dict, top: dict, where: tuple = ()) -> dict:
     return out
 
 
-__all__ = ["AdapterConfig", "MetaConfig", "ConfigError", "DataConfig", "ExperimentConfig", "LanguageConfig", "ModelConfig", "MLMConfig",
+__all__ = ["AdapterConfig", "AnalysisConfig", "GradConflictConfig", "MetaConfig", "ConfigError", "DataConfig", "ExperimentConfig", "LanguageConfig", "ModelConfig", "MLMConfig",
            "NonFiniteConfig", "TrainConfig", "VocabConfig", "SplitConfig", "CleaningConfig", "load_experiment", "recipe_path",
            "to_mapping"]

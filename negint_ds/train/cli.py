@@ -107,7 +107,10 @@ def _run(args: RunArgs, rank: int, world: int) -> int:
         if rank == 0:
             print(done, file=sys.stderr)
         return 0
-    trainer = Trainer(prep, rank, world, args.resume, args.overwrite, args.progress)
+    from ..analysis.grad_conflict_callback import analysis_callbacks
+
+    trainer = Trainer(prep, rank, world, args.resume, args.overwrite, args.progress,
+                      callbacks=analysis_callbacks(prep.cfg))
     try:
         trainer.train()
     except NonFiniteError as e:

@@ -247,11 +247,16 @@ def checkpoint_problems(ckpt: dict, tag: str, cfg: ExperimentConfig, data_manife
 
 
 def zero3_problems(cfg: ExperimentConfig, ds_cfg: dict, source: str) -> list[Problem]:
-    """ZeRO-3 with language-specific parameters φ, refused (φ is optimised on whole tensors outside DeepSpeed)."""
+    """ZeRO-3 refused with language-specific parameters φ (optimised on whole tensors outside DeepSpeed) and with
+    the gradient-conflict probe (it reads θ whole)."""
     if cfg.model.has_language_specific and zero_stage(ds_cfg) == 3:
         return [Problem("config", "zero_optimization.stage: ZeRO-3 partitions every module parameter, but the "
                                   "language-specific parameters φ (model.language_specific / language adapters) are "
                                   "optimised outside DeepSpeed on whole tensors; use ZeRO stage 0, 1 or 2", source)]
+    if cfg.analysis.grad_conflict.enabled and zero_stage(ds_cfg) == 3:
+        return [Problem("config", "zero_optimization.stage: analysis.grad_conflict reads θ whole on every rank, which "
+                                  "ZeRO-3 partitions; use ZeRO stage 0, 1 or 2 for a run with the gradient-conflict "
+                                  "probe (or probe its checkpoints offline: launchers/analyze.py grad_conflict)", source)]
     return []
 
 
