@@ -216,7 +216,7 @@ def fit_toy(lang, lambda_l0=0.3, stage=2, steps=80):
     group = GateGroup("layer0.ffn", "proj.weight", n_gates=3, dim=1, block=Toy.K, numel_per_gate=Toy.OUT * Toy.K)
     obj = GatedObjective(base, [group], toy_loss, lambda_l0, init_drop_rate=0.1,
                          generator=torch.Generator().manual_seed(0))
-    cfg = MaskConfig(steps=steps, lr=0.1, lambda_l0=lambda_l0, sequences_per_step=1, log_every=40)
+    cfg = MaskConfig(steps=steps, lr=0.1, lambda_l0=lambda_l0, sequences_per_step=1, micro_batch=1, log_every=40)
     ds = mask_ds_config({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
                          "optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}, cfg, world=1)
     import deepspeed
@@ -261,19 +261,24 @@ def test_micro_batches_do_not_depend_on_world_size():
             assert sx == sy and all(torch.equal(getattr(x, f), getattr(y, f)) for f in
                                     ("input_ids", "lang_ids", "pred_positions", "targets"))
     assert not torch.equal(one(0)[0][0].input_ids, one(1)[0][0].input_ids)
-    cfg = MaskConfig(sequences_per_step=8)
-    ds = mask_ds_config({"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1,
+    cfg = MaskConfig(sequences_per_step=8, micro_batch=2)
+    ds = mask_ds_config({"train_micro_batch_size_per_gpu": 32, "optimizer": {"type": "AdamW", "params": {"lr": 1,
                          "weight_decay": 0.01}}, "scheduler": {"type": "WarmupLR"}}, cfg, world=2)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 2, 2)
     assert ds["optimizer"]["params"] == {"lr": cfg.lr, "weight_decay": 0.0} and "scheduler" not in ds
-    with pytest.raises(AnalysisError, match="not a multiple of the DeepSpeed micro-batch"):
-        mask_ds_config({"train_micro_batch_size_per_gpu": 3}, cfg, world=1)
+    for world in (1, 4):  # the layout is the config's, not the DeepSpeed file's: the same global micro-batches
+        ds = mask_ds_config({"train_micro_batch_size_per_gpu": 32}, cfg, world=world)
+        assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (2, 4 // world)
+    with pytest.raises(AnalysisError, match="cannot be shared out over 3 ranks"):
+        mask_ds_config({"train_micro_batch_size_per_gpu": 2}, cfg, world=3)
+    assert "sequences_per_step: 8 is not a multiple of micro_batch=3" in MaskConfig(micro_batch=3,
+                                                                                  sequences_per_step=8).validate()
 
 
 # ----------------------------------------------------------------------------------------------- the tiny run
 # lr 0.3: Adam moves π by ≲ 0.3 per step, so 16 steps can take a gate from its start (log 9 ≈ 2.2) past the
 # deterministic mask's zero (−log 11 ≈ −2.4).
-MASK_CFG = MaskConfig(steps=16, lr=0.3, lambda_l0=1.0, sequences_per_step=8, log_every=8)
+MASK_CFG = MaskConfig(steps=16, lr=0.3, lambda_l0=1.0, sequences_per_step=8, micro_batch=4, log_every=8)
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,10 @@ class MaskConfig:
         init_drop_rate: p of the gates' initialisation log α ~ N(log(1−p) − log p, 0.01²); see
             :class:`~negint_ds.analysis.hard_concrete.HardConcreteGates` for why 0.1 rather than 0.5.
         sequences_per_step: windows of ``train.seq_len`` tokens per optimiser step, over all ranks.
+        micro_batch: windows per forward, each with its own draw of the gate noise z. Fixed here rather than
+            taken from the DeepSpeed config so that the global micro-batches, and so the run, are the same for
+            every world size: a step's ``sequences_per_step / micro_batch`` micro-batches are shared out over
+            the ranks (their number must be a multiple of the world size) and accumulated.
         eval_sequences: validation windows scored at the end (None: the pretraining recipe's
             ``train.eval_sequences``, i.e. the windows and MLM masks its own validation used).
         eval_batch_size: windows per validation forward.
@@ -94,6 +98,7 @@ class MaskConfig:
     groups: str = "structured"
     init_drop_rate: float = 0.1
     sequences_per_step: int = 32
+    micro_batch: int = 8
     eval_sequences: int | None = None
     eval_batch_size: int = 16
     log_every: int = 50
@@ -101,7 +106,7 @@ class MaskConfig:
     def validate(self) -> list[str]:
         """Every problem with these settings (empty when valid), each naming the field."""
         p = []
-        for name in ("steps", "sequences_per_step", "eval_batch_size", "log_every"):
+        for name in ("steps", "sequences_per_step", "micro_batch", "eval_batch_size", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 p.append(f"{name}: must be a positive integer, got {v!r}")
@@ -113,6 +118,9 @@ class MaskConfig:
             p.append(f"lr: must be a positive finite number, got {self.lr!r}")
         if not (isinstance(self.lambda_l0, (int, float)) and math.isfinite(self.lambda_l0) and self.lambda_l0 >= 0):
             p.append(f"lambda_l0: must be a finite number >= 0, got {self.lambda_l0!r}")
+        if (isinstance(self.micro_batch, int) and isinstance(self.sequences_per_step, int) and self.micro_batch > 0
+                and self.sequences_per_step % self.micro_batch):
+            p.append(f"sequences_per_step: {self.sequences_per_step} is not a multiple of micro_batch={self.micro_batch}")
         if self.groups not in GROUP_KINDS:
             p.append(f"groups: must be one of {GROUP_KINDS}, got {self.groups!r}")
         if not (isinstance(self.init_drop_rate, (int, float)) and 0 < self.init_drop_rate < 1):
@@ -467,21 +475,24 @@ def mask_run_dir(out_dir: str, lang: str, seed: int) -> str:
     return os.path.join(out_dir, f"{lang}_seed{seed}")
 
 
-def _batch_layout(ds_config: dict, sequences: int, world: int) -> tuple[int, int]:
-    """(micro-batch per rank, accumulation steps) giving ``sequences`` windows per step over ``world`` ranks;
-    the micro-batch is the DeepSpeed config's, capped at the per-rank share."""
-    if sequences % world:
-        raise AnalysisError(f"sequences_per_step={sequences} is not divisible by the world size {world}")
-    per_rank = sequences // world
-    micro = min(int(ds_config.get("train_micro_batch_size_per_gpu") or per_rank), per_rank)
-    if per_rank % micro:
-        raise AnalysisError(f"sequences_per_step={sequences} over {world} rank(s) is {per_rank} per rank, not a "
-                            f"multiple of the DeepSpeed micro-batch {micro} (train_micro_batch_size_per_gpu)")
-    return micro, per_rank // micro
+def _batch_layout(cfg: MaskConfig, world: int) -> tuple[int, int]:
+    """(micro-batch per rank, accumulation steps): the step's ``sequences_per_step / micro_batch`` global
+    micro-batches shared out over ``world`` ranks (the same micro-batches whatever the world size).
+
+    Raises:
+        AnalysisError: the number of micro-batches per step is not a multiple of the world size.
+    """
+    n = cfg.sequences_per_step // cfg.micro_batch
+    if n % world:
+        raise AnalysisError(f"sequences_per_step={cfg.sequences_per_step} / micro_batch={cfg.micro_batch} = {n} "
+                            f"micro-batches per step cannot be shared out over {world} ranks; make it a multiple "
+                            f"of the world size (e.g. --set micro_batch=...)")
+    return cfg.micro_batch, n // world
 
 
 def mask_ds_config(ds_config: dict, cfg: MaskConfig, world: int) -> dict:
-    """The DeepSpeed config of a mask run: the caller's, with the batch layout of ``cfg.sequences_per_step``,
+    """The DeepSpeed config of a mask run: the caller's, with the batch layout of ``cfg.sequences_per_step`` and
+    ``cfg.micro_batch`` (the config's own micro-batch and accumulation are replaced),
     the optimiser's lr set to ``cfg.lr`` and weight decay 0, and no scheduler (constant lr).
 
     Raises:
@@ -493,7 +504,7 @@ def mask_ds_config(ds_config: dict, cfg: MaskConfig, world: int) -> dict:
         raise AnalysisError("ZeRO stage 3 is not supported for L0 mask runs: it partitions the frozen base "
                             "model's weights, which the masked forward reads whole; use ZeRO stage 0, 1 or 2 "
                             "(the gates are all that is optimised)")
-    micro, accum = _batch_layout(ds_config, cfg.sequences_per_step, world)
+    micro, accum = _batch_layout(cfg, world)
     ds = copy.deepcopy(ds_config)
     ds.update(train_batch_size=cfg.sequences_per_step, train_micro_batch_size_per_gpu=micro,
               gradient_accumulation_steps=accum)
