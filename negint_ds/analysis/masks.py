@@ -389,7 +389,7 @@ def fit_gates(engine, micro_batches: Callable[[int], Sequence[tuple[Any, int | N
             rec = {"step": step + 1, **{k: v / vals[-1] for k, v in zip(keys, vals[:-1])}}
             history.append(rec)
             pbar.set_postfix(objective=f"{rec['objective']:.4f}")
-            log.info("l0 mask %s step %d/%d: objective %.4f (%s)", desc, step + 1, steps, rec["objective"],
+            log.info("%s step %d/%d: objective %.4f (%s)", desc or "gates", step + 1, steps, rec["objective"],
                      ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("step", "objective")))
             window, n_window = {}, 0
     pbar.close()
