@@ -79,7 +79,9 @@ def _grad_conflict(a, rank: int, world: int) -> int:
     import torch
 
     from .grad_conflict_offline import offline_grad_conflict
-    recipe = _recipe(a.run_dir)
+    from .pretrained import run_config
+
+    recipe = run_config(os.path.abspath(a.run_dir))
     base = recipe.analysis.grad_conflict
     cfg = GradConflictConfig(enabled=True, sequences=a.sequences or base.sequences, micro_batch=a.micro_batch,
                              controls=a.controls if a.controls is not None else base.controls, dropout=a.dropout)
@@ -94,29 +96,16 @@ def _grad_conflict(a, rank: int, world: int) -> int:
 
 
 def _grad_conflict_plot(a, rank: int, world: int) -> int:
-    import csv
-
     from .grad_conflict import COLUMNS, combine_runs, plot
+    from .tables import write_csv
 
     rows = combine_runs(a.runs, a.offline)
     os.makedirs(a.out_dir, exist_ok=True)
     png = os.path.join(a.out_dir, "grad_conflict_runs.png")
     plot(rows, png, "θ-gradient similarity during pretraining (cf. Fig. 3)", x=a.x)
-    with open(os.path.join(a.out_dir, "grad_conflict_runs.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ("run", *COLUMNS), extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, ("run", *COLUMNS), os.path.join(a.out_dir, "grad_conflict_runs.csv"))
     print(f"figure {png} (and grad_conflict_runs_groups.png), numbers grad_conflict_runs.csv")
     return 0
-
-
-def _recipe(run_dir: str):
-    from ..config import ExperimentConfig, from_mapping, read_mapping
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        raise AnalysisError(f"{os.path.abspath(run_dir)} is not a negint_ds run directory (no config.yaml)")
-    return from_mapping(ExperimentConfig, read_mapping(path), source=path, root="config")
 
 
 def _warmup_loss(a, rank: int, world: int) -> int:
@@ -224,7 +213,7 @@ def _mask_report(a, rank: int, world: int) -> int:
 
 COMMANDS = {"grad_conflict": _grad_conflict, "grad_conflict_plot": _grad_conflict_plot, "masks": _masks, "mask_report": _mask_report,
             "warmup_loss": _warmup_loss, "bpc": _bpc}
-#: Commands that run one process per rank (the others are single-process file work).
+#: Commands that run in a process group, one process per rank (the others are single-process file work).
 DISTRIBUTED = {"grad_conflict", "masks"}
 
 
@@ -233,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     rank, world = 0, 1
-    # masks always: DeepSpeed needs a process group, and ours honours $MASTER_PORT (a second job on the node)
-    if a.command == "masks" or (a.command in DISTRIBUTED and _launched_distributed()):
+    if a.command in DISTRIBUTED:  # one process or N (deepspeed/mpiexec), as the pretraining launcher does
         from ..train.dist import configure_cpu_threads, init_distributed
 
         rank, world = init_distributed()
@@ -247,13 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
-    if world > 1:
+    if a.command in DISTRIBUTED:  # only after a normal end, as in negint_ds.train.cli
         from ..train.dist import shutdown_distributed
 
         shutdown_distributed()
     return code
-
-
-def _launched_distributed() -> bool:
-    """Started by ``deepspeed``/``torchrun`` (RANK set) or ``mpiexec`` (an MPI rank variable set)."""
-    return any(v in os.environ for v in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID"))

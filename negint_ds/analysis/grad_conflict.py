@@ -41,13 +41,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.func import functional_call
 
 from ..config import GradConflictConfig, MLMConfig
 from ..data.binarized import TokenStream
+from ..meta.passes import eager, mlm_loss
 from ..mlm import MLMBatch, mask_tokens
 from ..seeding import derive_seed
 from ..train.dist import all_reduce_
+from .tables import csv_text, write_csv
 
 log = logging.getLogger("negint_ds")
 
@@ -150,16 +151,14 @@ def theta_gradient(model: nn.Module, theta: dict[str, torch.Tensor], fixed: dict
     total = [torch.zeros_like(t) for t in leaves]
     n_tokens = 0
     for mb in batches:
-        b = mb.to(device)
         params = dict(fixed)
         params.update(zip(names, leaves))
-        loss = functional_call(model, params, (b.input_ids, b.lang_ids, b.pred_positions, b.targets),
-                               {"lang": lang, "reduction": "sum"}, tie_weights=True, strict=False)
+        loss = mlm_loss(model, params, mb.to(device), lang, reduction="sum")
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         for acc, g in zip(total, grads):
             if g is not None:
                 acc += g
-        n_tokens += int(b.targets.numel())
+        n_tokens += int(mb.targets.numel())
     count = torch.tensor([float(n_tokens)], dtype=torch.float64, device=device)
     if world > 1 and dist.is_initialized():
         all_reduce_(total, world, mean=False)
@@ -222,9 +221,7 @@ def probe_mode(model: nn.Module, dropout: bool, seed: int, device: torch.device)
     """
     was_training = model.training
     devices = [device] if device.type == "cuda" else []
-    compiled = model.__dict__.get("_compiled_call_impl")
-    with torch.random.fork_rng(devices=devices):
-        model._compiled_call_impl = None  # the probe swaps in fp32 leaves: run the module eagerly
+    with torch.random.fork_rng(devices=devices), eager(model):  # fp32 leaves swapped in: run the module eagerly
         model.train(dropout)
         if dropout:
             torch.manual_seed(seed)
@@ -232,7 +229,6 @@ def probe_mode(model: nn.Module, dropout: bool, seed: int, device: torch.device)
             yield
         finally:
             model.train(was_training)
-            model._compiled_call_impl = compiled
 
 
 def probe(model: nn.Module, theta: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], batches: ProbeBatches,
@@ -266,25 +262,14 @@ def read_rows(path: str) -> list[dict]:
 
 
 def write_rows(path: str, rows: list[dict], append: bool = True) -> None:
-    """Append ``rows`` to the CSV (header when new); ``append=False`` rewrites it atomically."""
-    from ..atomic import atomic_write_text
-
+    """Append ``rows`` to the CSV (header when new), synced to disk; ``append=False`` rewrites it atomically."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if not append:
-        import io
-
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
+        write_csv(rows, COLUMNS, path)
         return
     new = not os.path.isfile(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, COLUMNS, extrasaction="ignore", lineterminator="\n")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+        f.write(csv_text(rows, COLUMNS, header=new))
         f.flush()
         os.fsync(f.fileno())
 

@@ -12,13 +12,14 @@ import os
 import time
 
 import numpy as np
+import torch
 
 from ..atomic import atomic_write_json
 from ..config import GradConflictConfig
 from ..data.vocab import N_SPECIAL
 from ..meta.precision import fp32_theta
 from ..train.trainer import TrainerCallback
-from .grad_conflict import ProbeBatches, plot, probe, read_rows, write_rows
+from .grad_conflict import ProbeBatches, plot, probe, probe_pairs, read_rows, write_rows
 
 log = logging.getLogger("negint_ds")
 
@@ -44,6 +45,11 @@ class GradConflictCallback(TrainerCallback):
         self.path = os.path.join(self.dir, "grad_conflict.csv")
         self.tokens_per_step = trainer.micro * trainer.accum * trainer.world * tc.seq_len
         self.train_tokens = sum(s.num_tokens for s in prep.train_streams)
+        self.n_gradients = len(probe_pairs(trainer.lang_ids, self.cfg.controls)[0])
+        # a 16-bit module takes φ's fp32 masters as well, so every matmul of the probe runs in fp32
+        module = trainer.engine.module
+        self.phi_masters = trainer.phi is not None and any(p.dtype not in (torch.float32, torch.float64)
+                                                           for p in module.parameters())
         start = trainer.step
 
         def align():  # a resumed run probes again after its checkpoint: drop the rows of the lost steps
@@ -73,11 +79,9 @@ class GradConflictCallback(TrainerCallback):
         values, _ = fp32_theta(trainer.engine, trainer.split)  # a collective under ZeRO 1–2 with 16-bit training
         theta = dict(zip(trainer.split.theta, values))
         fixed = {}
-        module = trainer.engine.module
-        if trainer.phi is not None and any(p.dtype != values[0].dtype for p in module.parameters()):
-            # a 16-bit module: φ's fp32 masters, so every matmul of the probe runs in fp32
+        if self.phi_masters:
             fixed = {n: m for names, ms in zip(trainer.phi.opt.names, trainer.phi.opt.masters) for n, m in zip(names, ms)}
-        rows = probe(module, theta, fixed, self.batches, step, trainer.lang_ids, self.cfg, trainer.device,
+        rows = probe(trainer.engine.module, theta, fixed, self.batches, step, trainer.lang_ids, self.cfg, trainer.device,
                      trainer.rank, trainer.world)
         epoch = step * self.tokens_per_step / max(self.train_tokens, 1)
         for r in rows:
@@ -91,11 +95,9 @@ class GradConflictCallback(TrainerCallback):
         """The probe's cost: mean seconds per probe, median seconds per training step, and their ratio."""
         step = float(np.median(self.step_s)) if self.step_s else None
         mean = float(np.mean(self.probe_s)) if self.probe_s else None
-        draws = len(self.batches.streams) + (len(self.cfg.controls) if self.cfg.controls is not None
-                                             else len(self.batches.streams))
         return {"probes": len(self.probe_s), "mean_probe_s": mean, "median_train_step_s": step,
                 "probe_over_step": mean / step if mean is not None and step else None,
-                "sequences_per_gradient": self.cfg.sequences, "gradients_per_probe": draws, "every": self.cfg.every,
+                "sequences_per_gradient": self.cfg.sequences, "gradients_per_probe": self.n_gradients, "every": self.cfg.every,
                 "overhead_fraction": mean / step / self.cfg.every if mean is not None and step else None}
 
     def on_train_end(self, trainer) -> None:

@@ -20,24 +20,28 @@ from ..config import GradConflictConfig
 from ..data.vocab import N_SPECIAL
 from ..params import split_parameters
 from .grad_conflict import ProbeBatches, plot, probe, read_rows, write_rows
-from .pretrained import AnalysisError, checkpoint_tags, load_pretrained
+from .pretrained import AnalysisError, checkpoint_state, checkpoint_tags, load_pretrained
 
 log = logging.getLogger("negint_ds")
 
 
-def _global_batch(run_dir: str) -> int | None:
-    """Sequences per optimiser step of the run (its ``ds_config.json`` and the world size it last ran with)."""
+def _batch_layout(run_dir: str) -> tuple[int | None, int | None]:
+    """(training micro-batch, sequences per optimiser step) of the run, from its ``ds_config.json`` and the world
+    size it last ran with (``run.json``); None where a file or field is missing."""
     try:
         with open(os.path.join(run_dir, "ds_config.json"), encoding="utf-8") as f:
             ds = json.load(f)
+    except (OSError, ValueError):
+        return None, None
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    if "train_batch_size" in ds:
+        return micro, int(ds["train_batch_size"])
+    try:
         with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
             world = int(json.load(f)["sessions"][-1]["world_size"])
     except (OSError, KeyError, ValueError, IndexError):
-        return None
-    if "train_batch_size" in ds:
-        return int(ds["train_batch_size"])
-    micro = ds.get("train_micro_batch_size_per_gpu")
-    return int(micro) * int(ds.get("gradient_accumulation_steps", 1)) * world if micro else None
+        return micro, None
+    return micro, int(micro) * int(ds.get("gradient_accumulation_steps", 1)) * world if micro else None
 
 
 def offline_grad_conflict(run_dir: str, cfg: GradConflictConfig, tags: list[str] | None = None,
@@ -70,31 +74,28 @@ def offline_grad_conflict(run_dir: str, cfg: GradConflictConfig, tags: list[str]
     path = os.path.join(out_dir, "grad_conflict_offline.csv")
     done = {(r["step"], r["sequences"]) for r in read_rows(path)}
     device = torch.device(device)
-    micro_default = None
-    try:
-        with open(os.path.join(run_dir, "ds_config.json"), encoding="utf-8") as f:
-            micro_default = json.load(f).get("train_micro_batch_size_per_gpu")
-    except OSError:
-        pass
+    micro_default, global_batch = _batch_layout(run_dir)
     micro = cfg.micro_batch or micro_default or 32
     if cfg.sequences % micro:
         raise AnalysisError(f"--sequences {cfg.sequences} is not a multiple of the micro-batch {micro} (--micro_batch)")
-    global_batch = _global_batch(run_dir)
     todo = [(s, t) for s, t in available if (s, cfg.sequences) not in done]
+    pre = batches = None
     for step, tag in tqdm(todo, desc="gradient conflict", unit="checkpoint",
                           disable=not progress or rank != 0 or not sys.stderr.isatty()):
-        pre = load_pretrained(run_dir, checkpoint=tag)
-        for c in cfg.controls or []:
-            pre.lang_index(c)
-        model = pre.model.to(device)
-        split = split_parameters(model, len(pre.lang_ids))
-        streams = [pre.stream(lang, "train") for lang in pre.lang_ids]
-        tc = pre.cfg.train
-        batches = ProbeBatches(streams, tc.seq_len, micro, pre.cfg.mlm, pre.vocab.size, pre.vocab.mask_id, N_SPECIAL,
-                               tc.seed)
+        if pre is None:  # recipe, vocabulary and token streams (checksummed) once; then only each step's weights
+            pre = load_pretrained(run_dir, checkpoint=tag)
+            for c in cfg.controls or []:
+                pre.lang_index(c)
+            model = pre.model.to(device)
+            split = split_parameters(model, len(pre.lang_ids))
+            tc = pre.cfg.train
+            batches = ProbeBatches([pre.stream(lang, "train") for lang in pre.lang_ids], tc.seq_len, micro,
+                                   pre.cfg.mlm, pre.vocab.size, pre.vocab.mask_id, N_SPECIAL, tc.seed)
+            tokens = sum(s.num_tokens for s in batches.streams)
+        else:
+            model.load_state_dict(checkpoint_state(run_dir, tag))
         theta = {n: p.detach() for n, p in split.theta.items()}
         rows = probe(model, theta, {}, batches, step, pre.lang_ids, cfg, device, rank, world)
-        tokens = sum(s.num_tokens for s in streams)
         epoch = step * global_batch * tc.seq_len / tokens if global_batch else float("nan")
         for r in rows:
             r["epoch"] = epoch

@@ -17,7 +17,6 @@ Every plot is written as a PNG (Agg) and a CSV of every number it plots, beside 
 """
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -26,9 +25,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes
 from .masks import LOG_ALPHA_FILE
 from .pretrained import AnalysisError
+from .tables import write_csv
 
 _KEY = re.compile(r"^layer(\d+)\.(attn|ffn)(?:\.(\w+))?$")
 #: Columns of :func:`similarity_rows` rows / ``mask_similarity.csv``.
@@ -190,16 +190,6 @@ def top_groups(pi_lang: Mapping[str, torch.Tensor], pi_ref: Mapping[str, torch.T
 # --------------------------------------------------------------------------------------------- plots
 def _csv_path(png: str) -> str:
     return os.path.splitext(png)[0] + ".csv"
-
-
-def write_csv(rows: Sequence[Mapping], columns: Sequence[str], path: str) -> None:
-    """Rows as CSV with a header (atomic write); floats with full precision (repr)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: repr(v) if isinstance(v, float) else v for c, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
 
 
 def _save(fig, png: str) -> None:

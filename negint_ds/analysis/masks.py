@@ -46,7 +46,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.func import functional_call
 
 from ..atomic import atomic_write_json
 from ..config.deepspeed import precision, zero_stage
@@ -455,10 +454,7 @@ def valid_loss(objective: GatedObjective, batches: list[tuple[MLMBatch, bool]], 
         for b, scored in batches:
             if not scored:
                 continue
-            b = b.to(device)
-            losses = functional_call(objective.base, overrides,
-                                     (b.input_ids, b.lang_ids, b.pred_positions, b.targets),
-                                     {"lang": lang_index, "reduction": "none"}, tie_weights=True, strict=False)
+            losses = mlm_loss(objective.base, overrides, b.to(device), lang_index, reduction="none")
             total += torch.stack([losses.double().sum(), torch.tensor(float(losses.numel()), device=device,
                                                                       dtype=torch.float64)])
     finally:

@@ -68,9 +68,7 @@ still, this is for analyses and final reports, not for every evaluation during t
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import sys
@@ -82,10 +80,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..config import ExperimentConfig, from_mapping, read_mapping
+from ..config import ExperimentConfig
 from ..data.vocab import EOS_ID, PAD_ID, Vocabulary
 from ..model import MaskedLM
-from .pretrained import AnalysisError, Pretrained, load_pretrained
+from .pretrained import AnalysisError, Pretrained, load_pretrained, run_config
+from .tables import write_csv
 
 VARIANTS = ("word_l2r", "original")
 #: SentencePiece's word-boundary marker (U+2581), prefixed to the first piece of every whitespace word.
@@ -372,10 +371,7 @@ def bpc_table(run_dirs: Sequence[str], langs: Sequence[str] | None = None, split
         raise PLLError("bpc_table needs at least one run directory")
     plan = []
     for rd in run_dirs:  # check every run's languages before the (slow) scoring of any
-        cfg_path = os.path.join(rd, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            raise AnalysisError(f"{rd} is not a negint_ds run directory (no config.yaml)")
-        cfg = from_mapping(ExperimentConfig, read_mapping(cfg_path), source=cfg_path, root="config")
+        cfg = run_config(rd)
         run_langs = list(langs) if langs is not None else cfg.lang_ids
         missing = [l for l in run_langs if l not in cfg.lang_ids]
         if missing:
@@ -398,19 +394,10 @@ def bpc_table(run_dirs: Sequence[str], langs: Sequence[str] | None = None, split
         del pre  # free the model before loading the next run
     if out_dir is not None and _dist_world()[0] == 0:
         os.makedirs(out_dir, exist_ok=True)
-        atomic_write_text(os.path.join(out_dir, "bpc.csv"), _csv(rows))
+        write_csv(rows, BPC_COLUMNS, os.path.join(out_dir, "bpc.csv"))
         atomic_write_text(os.path.join(out_dir, "bpc.md"), _markdown(rows, split, variant))
         atomic_write_json(os.path.join(out_dir, "bpc.json"), rows)
     return rows
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(BPC_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r[k] is None else repr(r[k]) if isinstance(r[k], float) else r[k]) for k in BPC_COLUMNS})
-    return buf.getvalue()
 
 
 def _markdown(rows: list[dict], split: str, variant: str) -> str:

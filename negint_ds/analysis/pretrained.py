@@ -88,6 +88,18 @@ class Pretrained:
         return path
 
 
+def run_config(run_dir: str, error: type[Exception] = AnalysisError) -> ExperimentConfig:
+    """The recipe a run trained with (``<run_dir>/config.yaml``).
+
+    Raises:
+        ``error`` (default AnalysisError): ``run_dir`` holds no config.yaml; ConfigError: it does not load.
+    """
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise error(f"{run_dir} is not a negint_ds run directory (no config.yaml)")
+    return from_mapping(ExperimentConfig, read_mapping(path), source=path, root="config")
+
+
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise AnalysisError(f"{path} not found")
@@ -141,10 +153,7 @@ def load_pretrained(run_dir: str, checkpoint: str | None = None) -> Pretrained:
         ConfigError: ``config.yaml`` does not load.
     """
     run_dir = os.path.abspath(run_dir)
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise AnalysisError(f"{run_dir} is not a negint_ds run directory (no config.yaml)")
-    cfg = from_mapping(ExperimentConfig, read_mapping(cfg_path), source=cfg_path, root="config")
+    cfg = run_config(run_dir)
     export = os.path.join(run_dir, "export")
     run_meta = _read_json(os.path.join(run_dir, "run.json")) if os.path.isfile(os.path.join(run_dir, "run.json")) \
         else {}
@@ -181,4 +190,4 @@ def load_pretrained(run_dir: str, checkpoint: str | None = None) -> Pretrained:
     return Pretrained(run_dir, cfg, model, vocab, step, source)
 
 
-__all__ = ["AnalysisError", "Pretrained", "checkpoint_state", "checkpoint_tags", "load_pretrained"]
+__all__ = ["AnalysisError", "Pretrained", "checkpoint_state", "checkpoint_tags", "load_pretrained", "run_config"]

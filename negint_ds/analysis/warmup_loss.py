@@ -11,16 +11,16 @@ loss over the language's steps in the window, otherwise a mean of window means.
 """
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
 from typing import Sequence
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..config import ExperimentConfig, from_mapping, read_mapping
+from ..config import ExperimentConfig
 from ..train.metrics import read_jsonl
-from .pretrained import AnalysisError
+from .pretrained import AnalysisError, run_config
+from .tables import csv_text
 
 #: Columns of the rows and of the CSV written beside the plot.
 COLUMNS = ("run", "lang", "mean_loss", "records", "nonfinite", "from_step", "to_step", "run_dir")
@@ -31,10 +31,7 @@ class WarmupLossError(AnalysisError):
 
 
 def _load_config(run_dir: str) -> ExperimentConfig:
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        raise WarmupLossError(f"{run_dir} is not a negint_ds run directory (no config.yaml)")
-    return from_mapping(ExperimentConfig, read_mapping(path), source=path, root="config")
+    return run_config(run_dir, WarmupLossError)
 
 
 def warmup_losses(run_dirs: Sequence[str], from_step: int | None = None, to_step: int | None = None) -> list[dict]:
@@ -101,13 +98,8 @@ def _labels(rows: list[dict]) -> dict[str, str]:
 
 def rows_csv(rows: list[dict]) -> str:
     """The rows as CSV text (header :data:`COLUMNS`; floats in full precision, NaN as an empty cell)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if isinstance(r[k], float) and not math.isfinite(r[k]) else
-                        repr(r[k]) if isinstance(r[k], float) else r[k]) for k in COLUMNS})
-    return buf.getvalue()
+    return csv_text([{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+                     for r in rows], COLUMNS)
 
 
 def plot_warmup_losses(rows: list[dict], png: str, title: str = "Average MLM training loss after warm-up") -> str:

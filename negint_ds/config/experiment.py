@@ -19,6 +19,17 @@ from .loader import ConfigError, apply_overrides, from_mapping, read_mapping, to
 _LANG_ID = re.compile(r"^[a-z]{2}(_[a-z0-9]+)?$")
 
 
+def _positive(obj, *names: str) -> list[str]:
+    """A problem for each field of ``obj`` in ``names`` that is not > 0."""
+    return [f"{n}: must be positive, got {getattr(obj, n)}" for n in names if getattr(obj, n) <= 0]
+
+
+def _positive_or_null(obj, *names: str) -> list[str]:
+    """A problem for each optional field of ``obj`` in ``names`` that is set and not > 0."""
+    return [f"{n}: must be positive or null, got {getattr(obj, n)}" for n in names
+            if getattr(obj, n) is not None and getattr(obj, n) <= 0]
+
+
 @dataclass
 class LanguageConfig:
     """Where one language's text comes from. The mapping key is the language *id* used in the run.
@@ -214,10 +225,7 @@ class ModelConfig:
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
     def validate(self) -> list[str]:
-        p = []
-        for name in ("layers", "dim", "heads", "ffn_dim", "max_positions"):
-            if getattr(self, name) <= 0:
-                p.append(f"{name}: must be positive, got {getattr(self, name)}")
+        p = _positive(self, "layers", "dim", "heads", "ffn_dim", "max_positions")
         if self.heads > 0 and self.dim % self.heads:
             p.append(f"heads: {self.heads} heads do not divide dim={self.dim}")
         for name in ("dropout", "attention_dropout"):
@@ -300,10 +308,7 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> list[str]:
-        p = []
-        for name in ("max_steps", "seq_len", "log_every", "eval_every", "save_every", "eval_batch_size"):
-            if getattr(self, name) <= 0:
-                p.append(f"{name}: must be positive, got {getattr(self, name)}")
+        p = _positive(self, "max_steps", "seq_len", "log_every", "eval_every", "save_every", "eval_batch_size")
         if self.seq_len < 4:
             p.append(f"seq_len: must be at least 4, got {self.seq_len}")
         if self.lang_temperature <= 0:
@@ -314,8 +319,7 @@ class TrainConfig:
             p.append(f"keep_checkpoints: must be >= 0, got {self.keep_checkpoints}")
         if self.min_eval_tokens < 0:
             p.append(f"min_eval_tokens: must be >= 0, got {self.min_eval_tokens}")
-        if self.eval_sequences is not None and self.eval_sequences <= 0:
-            p.append(f"eval_sequences: must be positive or null, got {self.eval_sequences}")
+        p += _positive_or_null(self, "eval_sequences")
         return p
 
 
@@ -387,13 +391,7 @@ class MetaConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 p.append(f"{name}: must be >= 0, got {v}")
-        for name in ("val_batch_size", "every"):
-            if getattr(self, name) <= 0:
-                p.append(f"{name}: must be positive, got {getattr(self, name)}")
-        for name in ("val_micro_batch", "langs_per_step"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                p.append(f"{name}: must be positive or null, got {v}")
+        p += _positive(self, "val_batch_size", "every") + _positive_or_null(self, "val_micro_batch", "langs_per_step")
         if self.fd_scheme != "central" and self.hypergradient != "finite_difference":
             p.append(f"fd_scheme: {self.fd_scheme!r} applies to hypergradient=finite_difference, not "
                      f"{self.hypergradient!r}")
@@ -426,13 +424,7 @@ class GradConflictConfig:
     dropout: bool = False
 
     def validate(self) -> list[str]:
-        p = []
-        for name in ("every", "sequences"):
-            if getattr(self, name) <= 0:
-                p.append(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.micro_batch is not None and self.micro_batch <= 0:
-            p.append(f"micro_batch: must be positive or null, got {self.micro_batch}")
-        return p
+        return _positive(self, "every", "sequences") + _positive_or_null(self, "micro_batch")
 
 
 @dataclass

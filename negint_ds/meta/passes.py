@@ -15,8 +15,9 @@ from ..mlm import MLMBatch
 BeforeForward = Callable[[str, int, int], None]
 
 
-def mlm_loss(model: nn.Module, overrides: dict[str, torch.Tensor], batch: MLMBatch, lang: int) -> torch.Tensor:
-    """Mean MLM loss of ``model`` with some parameters replaced by ``overrides`` (tied weights follow).
+def mlm_loss(model: nn.Module, overrides: dict[str, torch.Tensor], batch: MLMBatch, lang: int,
+             reduction: str = "mean") -> torch.Tensor:
+    """MLM loss of ``model`` with some parameters replaced by ``overrides`` (tied weights follow).
 
     Args:
         model: a :class:`~negint_ds.model.MaskedLM`; its own parameters are not modified.
@@ -24,12 +25,13 @@ def mlm_loss(model: nn.Module, overrides: dict[str, torch.Tensor], batch: MLMBat
             bf16 module: the forward then computes with the overrides' dtype).
         batch: one micro-batch on the model's device, every row of language ``lang``.
         lang: language index (routes the language-specific modules).
+        reduction: ``mean`` (nats per predicted token), ``sum`` (nats) or ``none`` ((P,) per predicted token).
 
     Returns:
-        0-d loss tensor (nats per predicted token).
+        0-d loss tensor, or (P,) losses with ``reduction="none"``.
     """
     return functional_call(model, overrides, (batch.input_ids, batch.lang_ids, batch.pred_positions, batch.targets),
-                           {"lang": lang}, tie_weights=True, strict=False)
+                           {"lang": lang, "reduction": reduction}, tie_weights=True, strict=False)
 
 
 @contextlib.contextmanager
