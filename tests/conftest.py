@@ -22,21 +22,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launchers", "pretrain.py")
 
 
+#: The ``negint_ds`` logger as the test session found it (before any fixture of any scope ran).
+_PRISTINE_LOG = (list(logging.getLogger("negint_ds").handlers), logging.getLogger("negint_ds").propagate,
+                 logging.getLogger("negint_ds").level)
+
+
+def _reset_project_logger() -> None:
+    log = logging.getLogger("negint_ds")
+    for h in log.handlers:
+        if h not in _PRISTINE_LOG[0]:
+            h.close()
+    log.handlers[:] = _PRISTINE_LOG[0]
+    log.propagate, log.level = _PRISTINE_LOG[1], _PRISTINE_LOG[2]
+
+
 @pytest.fixture(autouse=True)
 def _restore_project_logger():
-    """Give every test the ``negint_ds`` logger as it found it.
+    """Give every test the ``negint_ds`` logger as the session found it, before and after the test.
 
     An in-process ``Trainer`` configures that logger for a run (its own handlers, no propagation to the
-    root), which would otherwise hide later tests' records from pytest's ``caplog`` depending on test order.
+    root). A module- or session-scoped fixture that trains in-process runs before this function-scoped
+    fixture, so saving "the state as found" would save the trainer's; restoring the import-time snapshot
+    keeps later tests' records visible to pytest's ``caplog`` whatever the test order.
     """
-    log = logging.getLogger("negint_ds")
-    saved = (list(log.handlers), log.propagate, log.level)
+    _reset_project_logger()
     yield
-    for h in log.handlers:
-        if h not in saved[0]:
-            h.close()
-    log.handlers[:] = saved[0]
-    log.propagate, log.level = saved[1], saved[2]
+    _reset_project_logger()
 
 
 def synthetic_lines(seed: int, syllables: list[str], n_lines: int, n_words: int = 300) -> list[str]:
