@@ -81,6 +81,7 @@ def test_within_and_zero_shot_grids_resume_and_refuse_reuse(tiny_run, ner_files,
     assert (row["setting"], row["train_lang"], row["test_lang"], row["n_seeds"]) == ("within", "sw", "sw", 1)
     assert 0.0 <= row["f1_mean"] <= 1.0 and {"precision_mean", "recall_mean"} <= set(row)
     assert "Within-language" in (out / "tables.md").read_text()
+    assert "cell 1/1: within-sw-bs8-lr0.003-s1" in (out / "finetune.log").read_text()
     assert "within" in (out / "ner-within" / "results.md").read_text()
     cell = out / "ner-within" / "cells" / "within-sw-bs8-lr0.003-s1" / "result.json"
     before = cell.stat().st_mtime_ns

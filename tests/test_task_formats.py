@@ -340,8 +340,6 @@ def test_read_local_dispatch_and_errors(tmp_path):
 
 import datasets  # noqa: E402  an install requirement of negint_ds
 
-needs_datasets = pytest.mark.usefixtures()  # datasets is always installed (kept as a marker for readability)
-
 WIKIANN_NAMES = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 UPOS_NAMES = ["NOUN", "PUNCT", "ADP", "NUM", "SYM", "SCONJ", "ADJ", "PART", "DET", "CCONJ", "PROPN", "PRON", "X",
               "_", "ADV", "INTJ", "VERB", "AUX"]
@@ -372,7 +370,6 @@ def wikiann_split(rows):
                              features=features)
 
 
-@needs_datasets
 def test_load_hf_wikiann(fake_hub):
     calls, store = fake_hub
     store[("unimelb-nlp/wikiann", "sw")] = datasets.DatasetDict({
@@ -391,7 +388,6 @@ def test_load_hf_wikiann(fake_hub):
     }
 
 
-@needs_datasets
 def test_load_hf_ud_pos(fake_hub):
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
     calls, store = fake_hub
@@ -413,7 +409,6 @@ def test_load_hf_ud_pos(fake_hub):
         load_hf("ud_pos", "en")
 
 
-@needs_datasets
 def test_load_hf_xnli(fake_hub):
     from datasets import ClassLabel, Dataset, Features, Value
     calls, store = fake_hub
@@ -439,7 +434,6 @@ def tydiqa_split(rows):
         "question": [r[2] for r in rows], "answers": [r[3] for r in rows]}, features=features)
 
 
-@needs_datasets
 def test_load_hf_tydiqa_filters_language(fake_hub):
     calls, store = fake_hub
     sw = ("swahili-1-0", SW_CONTEXT, "Lini?", {"text": ["1899", "mwaka 1899"], "answer_start": [48, 42]})
@@ -458,7 +452,6 @@ def test_load_hf_tydiqa_filters_language(fake_hub):
         load_hf("tydiqa", "de")
 
 
-@needs_datasets
 def test_load_hf_wraps_load_failures(fake_hub, monkeypatch):
     calls, store = fake_hub
     store[("unimelb-nlp/wikiann", "sw")] = ConnectionError("Couldn't reach 'unimelb-nlp/wikiann' on the Hub")

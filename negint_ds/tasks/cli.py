@@ -137,6 +137,10 @@ def run(a, rank: int, world: int) -> int:
     barrier()  # every rank has looked at the directory before rank 0 writes into it
     on_rank0(lambda: (os.makedirs(run_dir, exist_ok=True),
                       atomic_write_json(os.path.join(run_dir, ASKED), asked)), rank, world)
+    if rank == 0:  # the console's records also go to the run directory (appended on --resume)
+        fh = logging.FileHandler(os.path.join(run_dir, "finetune.log"), encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(fh)
     summaries = []
     for p in plans:
         out = os.path.join(run_dir, f"{p.spec.name}-{p.cfg.setting}")
