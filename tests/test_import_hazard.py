@@ -186,3 +186,30 @@ def test_second_checkout_beside_the_real_dev_install(tmp_path):
     b = copy_checkout(tmp_path / "B", "B")
     out = probe(b, keep_real=True)
     assert out["marker"] == "B" and under(out["dispatch"], os.path.join(b, "kernels")), out
+
+
+def test_top_level_kernels_from_the_root_hands_over_to_the_pypi_package(tmp_path):
+    # ``python -m pytest`` (and a setuptools build) from the root puts it first on sys.path, where kernels/
+    # used to shadow the PyPI ``kernels`` that transformers imports (CI: ImportError CUDAProperties)
+    fake = tmp_path / "site" / "kernels"
+    (fake / "_internals").mkdir(parents=True)
+    (fake / "__init__.py").write_text("CUDAProperties = 'pypi'\n")
+    (fake / "_internals" / "__init__.py").write_text("")
+    (fake / "_internals" / "locking.py").write_text("def write_egg_lockfile(): return 'lock'\n")
+    code = ("import kernels, kernels._internals.locking as l, negint_ds.kernels as ours; "
+            "print(kernels.CUDAProperties, l.write_egg_lockfile(), kernels.__file__, ours.__file__)")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    name, lock, pypi_file, ours_file = p.stdout.split()
+    assert (name, lock) == ("pypi", "lock")
+    assert pypi_file == str(fake / "__init__.py")
+    assert ours_file == os.path.join(REPO, "kernels", "__init__.py")
+
+
+def test_top_level_kernels_from_the_root_without_the_pypi_package_is_not_found():
+    # -S: no site-packages, so no PyPI kernels; the folder must not pass itself off as that package
+    p = subprocess.run([sys.executable, "-S", "-c", "import kernels"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0 and "ModuleNotFoundError: No module named 'kernels'" in p.stderr, p.stderr
+    assert "sys.modules" not in p.stderr
