@@ -191,13 +191,14 @@ def test_zero_stages_agree(tiny_data, trained, tmp_path, stage):
 
 @pytest.mark.parametrize("extra", [["--set", "model.adapters.kind=language"], META], ids=["joint", "meta"])
 def test_language_specific_training_agrees_across_zero_stages(tiny_data, tmp_path, extra):
-    """φ handled beside DeepSpeed (functional φ gradients, own optimiser) works at ZeRO 0, 1 and 2."""
+    """φ handled beside DeepSpeed (functional φ gradients, own optimiser) works at ZeRO 0 and 2 (ZeRO-1 differs
+    from 2 only in θ's gradient partitioning, which φ never enters; ZeRO-3 is refused for φ)."""
     losses = {}
-    for stage in (0, 1, 2):
+    for stage in (0, 2):
         ds = write_ds_config(str(tmp_path / f"z{stage}.json"), stage=stage)
         run = str(tmp_path / f"z{stage}")
         p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
                           "--set", "train.max_steps=4", "--set", "train.eval_every=4", *extra])
         assert p.returncode == 0, p.stderr[-3000:]
         losses[stage] = [r["loss"] for r in read_metrics(run, "train")]
-    assert losses[0] == pytest.approx(losses[2], rel=1e-5) and losses[1] == pytest.approx(losses[2], rel=1e-5)
+    assert losses[0] == pytest.approx(losses[2], rel=1e-5)
