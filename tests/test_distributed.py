@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import load_export, read_metrics, run_launcher, write_ds_config
+from conftest import load_export, read_metrics, run_launcher, run_launchers, write_ds_config
 
 pytestmark = pytest.mark.slow
 BIN = os.path.dirname(sys.executable)
@@ -41,11 +41,9 @@ def references(tiny_data, tmp_path_factory):
     """1-process runs with 2 accumulation steps: the same global batch as 2 processes x 1 micro-batch."""
     d = tmp_path_factory.mktemp("dist")
     ds = write_ds_config(str(d / "acc2.json"), stage=2, micro=4, accum=2)
-    runs = {}
-    for mode in MODES:
-        runs[mode] = str(d / f"one_{mode}")
-        p = run_launcher(_args(tiny_data, ds, runs[mode], mode))
-        assert p.returncode == 0, p.stderr[-3000:]
+    runs = {mode: str(d / f"one_{mode}") for mode in MODES}
+    for mode, p in zip(MODES, run_launchers([_args(tiny_data, ds, runs[m], m) for m in MODES])):
+        assert p.returncode == 0, (mode, p.stderr[-3000:])
     return runs, str(d)
 
 

@@ -1,6 +1,7 @@
 """Run-directory integrity: checkpoint manifests, resume from the newest verified checkpoint, refusals that
 name the damaged file, and SIGKILL at random points of a save followed by an exact resume."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import random
 import shutil
@@ -204,7 +205,8 @@ def test_sigkill_at_random_points_of_saves_then_resume_matches_uninterrupted(tin
     by --resume: the final losses, validation curve and weights equal an uninterrupted run's."""
     steps = 32
     ref = str(tmp_path / "ref")
-    assert run_launcher(_common(tiny_data, ds2, steps) + ["--run_dir", ref]).returncode == 0
+    pool = ThreadPoolExecutor(1)  # the uninterrupted reference runs beside the killed runs
+    ref_done = pool.submit(run_launcher, _common(tiny_data, ds2, steps) + ["--run_dir", ref])
     run, rng, kills = str(tmp_path / "killed"), random.Random(8), []
     args = _common(tiny_data, ds2, steps) + ["--run_dir", run]
     while len(kills) < 5:
@@ -220,6 +222,8 @@ def test_sigkill_at_random_points_of_saves_then_resume_matches_uninterrupted(tin
             assert not d.endswith(".pt")
     p = run_launcher(["--run_dir", run, "--resume"])
     assert p.returncode == 0, (kills, p.stderr[-3000:])
+    assert ref_done.result().returncode == 0
+    pool.shutdown()
     assert _curve(run, "train") == _curve(ref, "train"), kills
     assert _curve(run, "valid") == _curve(ref, "valid"), kills
     wa, wb = load_export(ref), load_export(run)

@@ -1,5 +1,6 @@
 """End-to-end runs of launchers/pretrain.py on the tiny corpus: training, refusals, exact resume, ZeRO stages."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import child_env, free_port, LAUNCHER, load_export, read_metrics, REPO, run_launcher, write_ds_config
+from conftest import child_env, free_port, LAUNCHER, load_export, read_metrics, REPO, run_launcher, run_launchers, write_ds_config
 
 NO_DROPOUT = ["--set", "model.dropout=0.0", "--set", "model.attention_dropout=0.0"]
 
@@ -129,9 +130,9 @@ def test_resume_continues_exactly(tiny_data, ds2, tmp_path, extra):
     common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.eval_every=6",
               "--set", "train.save_every=6", *extra]
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    assert run_launcher(common + ["--run_dir", full, "--set", "train.max_steps=12"]).returncode == 0
-    p = run_launcher(common + ["--run_dir", part, "--set", "train.max_steps=6"])
-    assert p.returncode == 0, p.stderr[-2000:]
+    for p in run_launchers([common + ["--run_dir", full, "--set", "train.max_steps=12"],
+                            common + ["--run_dir", part, "--set", "train.max_steps=6"]]):
+        assert p.returncode == 0, p.stderr[-2000:]
     p = run_launcher(["--run_dir", part, "--resume", "--set", "train.max_steps=12"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resuming at step 6" in p.stderr
@@ -152,7 +153,16 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_data, ds2, tmp_path):
     """Stop a run with SIGTERM mid-way: it checkpoints; the resumed run ends where an uninterrupted one does."""
     common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.max_steps=300",
               "--set", "train.eval_every=1000", "--set", "train.save_every=1000"]
-    run = str(tmp_path / "stopped")
+    run, ref = str(tmp_path / "stopped"), str(tmp_path / "ref")
+    with ThreadPoolExecutor(1) as pool:  # the uninterrupted reference runs beside the stopped run
+        ref_done = pool.submit(run_launcher, common + ["--run_dir", ref])
+        _stop_and_resume(run, common)
+        assert ref_done.result().returncode == 0
+    wa, wb = load_export(ref), load_export(run)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _stop_and_resume(run, common):
     cmd = [sys.executable, LAUNCHER, "--no_progress", "--run_dir", run] + common
     env = child_env(MASTER_PORT=str(free_port()))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -169,10 +179,6 @@ def test_sigterm_checkpoints_and_resume_matches(tiny_data, ds2, tmp_path):
     assert 0 < stopped_at < 300, "the run was not stopped mid-way"
     assert "stopped by signal" in err
     assert run_launcher(["--run_dir", run, "--resume"]).returncode == 0
-    ref = str(tmp_path / "ref")
-    assert run_launcher(common + ["--run_dir", ref]).returncode == 0
-    wa, wb = load_export(ref), load_export(run)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.mark.parametrize("stage", [0, 1, 3])
@@ -193,12 +199,12 @@ def test_zero_stages_agree(tiny_data, trained, tmp_path, stage):
 def test_language_specific_training_agrees_across_zero_stages(tiny_data, tmp_path, extra):
     """φ handled beside DeepSpeed (functional φ gradients, own optimiser) works at ZeRO 0 and 2 (ZeRO-1 differs
     from 2 only in θ's gradient partitioning, which φ never enters; ZeRO-3 is refused for φ)."""
-    losses = {}
-    for stage in (0, 2):
-        ds = write_ds_config(str(tmp_path / f"z{stage}.json"), stage=stage)
-        run = str(tmp_path / f"z{stage}")
-        p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
-                          "--set", "train.max_steps=4", "--set", "train.eval_every=4", *extra])
+    stages, losses = (0, 2), {}
+    runs = {stage: str(tmp_path / f"z{stage}") for stage in stages}
+    jobs = [["--deepspeed_config", write_ds_config(str(tmp_path / f"z{stage}.json"), stage=stage), "--config",
+             tiny_data["recipe"], "--run_dir", runs[stage], "--set", "train.max_steps=4", "--set", "train.eval_every=4",
+             *extra] for stage in stages]
+    for stage, p in zip(stages, run_launchers(jobs)):
         assert p.returncode == 0, p.stderr[-3000:]
-        losses[stage] = [r["loss"] for r in read_metrics(run, "train")]
+        losses[stage] = [r["loss"] for r in read_metrics(runs[stage], "train")]
     assert losses[0] == pytest.approx(losses[2], rel=1e-5)
