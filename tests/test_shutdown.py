@@ -5,13 +5,15 @@ A gloo worker thread alive at interpreter exit can abort the process after a run
 stop would hang ``close``.
 """
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 
 import torch
 
-from conftest import free_port
+from conftest import child_env, free_port
 from negint_ds.mlm import MLMBatch
 from negint_ds.train.prefetch import Prefetcher
 
@@ -86,3 +88,44 @@ def test_shutdown_distributed_joins_gloo_worker_threads():
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["before"] > 0, "gloo started no worker threads: the check would prove nothing"
     assert got == {"before": got["before"], "after": 0, "initialized": False}
+
+
+
+_FAILING_RANK = """
+import torch, torch.distributed as dist
+from negint_ds.train.dist import fail_fast, init_distributed, shutdown_distributed
+
+rank, world = init_distributed()  # DeepSpeed's MPI discovery: mpi4py will MPI_Finalize at exit
+dist.all_reduce(torch.ones(4))  # gloo's worker threads are running from here on
+with fail_fast(world):
+    if rank == 1:
+        {}["step"]  # a bug on one rank only (CI: a half-written CSV read by rank 1)
+    dist.barrier()  # rank 0 waits for a peer that is gone
+shutdown_distributed()
+"""
+
+
+def test_fail_fast_ends_an_mpiexec_job_whose_one_rank_fails():
+    """An exception on rank 1 of 2 ends the job (non-zero, traceback kept) in seconds. Without ``fail_fast``
+    rank 1's exit waits in MPI_Finalize for rank 0, which waits in gloo's barrier for rank 1: the job hangs
+    until gloo's 30-minute timeout (CI: 600 s, then killed), and this test times out."""
+    exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = exe if os.path.isfile(exe) else shutil.which("mpiexec")
+    assert exe, f"mpiexec not found next to {sys.executable} or on PATH (pip install mpich mpi4py)"
+    p = subprocess.run([exe, "-n", "2", sys.executable, "-c", _FAILING_RANK], capture_output=True, text=True,
+                       timeout=120, env=child_env(MASTER_PORT=str(free_port())))
+    assert p.returncode != 0, p.stderr[-2000:]
+    assert "KeyError: 'step'" in p.stderr, p.stderr[-2000:]
+
+
+def test_fail_fast_leaves_one_process_and_expected_errors_alone():
+    from negint_ds.train.dist import fail_fast
+
+    for world, expected in ((1, ()), (2, (KeyError,))):
+        try:
+            with fail_fast(world, expected):
+                {}["step"]
+        except KeyError:
+            pass
+        else:
+            raise AssertionError(f"fail_fast({world}, {expected}) swallowed the exception")

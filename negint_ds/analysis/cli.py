@@ -229,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_cpu_threads(world)
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
+    from ..train.dist import fail_fast
+
     try:
-        code = COMMANDS[a.command](a, rank, world)
+        with fail_fast(world, USER_ERRORS):
+            code = COMMANDS[a.command](a, rank, world)
     except USER_ERRORS as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)

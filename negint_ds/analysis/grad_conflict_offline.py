@@ -14,6 +14,7 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import GradConflictConfig
@@ -23,6 +24,22 @@ from .grad_conflict import ProbeBatches, plot, probe, read_rows, write_rows
 from .pretrained import AnalysisError, checkpoint_state, checkpoint_tags, load_pretrained
 
 log = logging.getLogger("negint_ds")
+
+
+def _rank0_rows(path: str, rank: int, world: int) -> list[dict]:
+    """The CSV's rows as rank 0 reads them, on every rank.
+
+    Only rank 0 appends to the CSV, so another rank reading it could see a half-written line (CI: a header
+    cut short, ``KeyError: 'step'`` on rank 1 while rank 0 waited in the next collective). Broadcasting rank 0's
+    view also keeps every rank's list of checkpoints to probe identical, which the all-reduce needs.
+    """
+    distributed = world > 1 and dist.is_initialized()
+    if distributed:
+        dist.barrier()  # rank 0's last append is complete before it reads
+    box = [read_rows(path) if rank == 0 else None]
+    if distributed:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _batch_layout(run_dir: str) -> tuple[int | None, int | None]:
@@ -72,7 +89,7 @@ def offline_grad_conflict(run_dir: str, cfg: GradConflictConfig, tags: list[str]
         available = [(s, t) for s, t in available if t in set(tags)]
     out_dir = os.path.join(os.path.abspath(run_dir), "analysis")
     path = os.path.join(out_dir, "grad_conflict_offline.csv")
-    done = {(r["step"], r["sequences"]) for r in read_rows(path)}
+    done = {(r["step"], r["sequences"]) for r in _rank0_rows(path, rank, world)}
     device = torch.device(device)
     micro_default, global_batch = _batch_layout(run_dir)
     micro = cfg.micro_batch or micro_default or 32
@@ -103,7 +120,7 @@ def offline_grad_conflict(run_dir: str, cfg: GradConflictConfig, tags: list[str]
             write_rows(path, rows)
             log.info("%s (step %d): %s", tag, step,
                      "  ".join(f"{r['pair']} {r['cosine']:+.3f}" for r in rows if r["group"] == "all"))
-    rows = read_rows(path)
+    rows = _rank0_rows(path, rank, world)
     if rank == 0 and rows:
         plot(rows, os.path.join(out_dir, "grad_conflict_offline.png"),
              f"{os.path.basename(os.path.abspath(run_dir))}: θ-gradient similarity at checkpoints")

@@ -163,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (a named error; nothing written when it is found before the first cell)."""
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from ..train.dist import configure_cpu_threads, init_distributed, shutdown_distributed
+    from ..train.dist import configure_cpu_threads, fail_fast, init_distributed, shutdown_distributed
 
     rank, world = init_distributed()
     configure_cpu_threads(world)
     if rank != 0:
         logging.getLogger("negint_ds").setLevel(logging.WARNING)
     try:
-        code = run(a, rank, world)
+        with fail_fast(world, USER_ERRORS):
+            code = run(a, rank, world)
     except USER_ERRORS as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)

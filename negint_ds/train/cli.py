@@ -70,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         from .dry_run import main as dry_run_main
 
         return dry_run_main(args)  # no process group: nothing to agree on, and no GPU needed
-    from .dist import configure_cpu_threads, init_distributed, shutdown_distributed
+    from .dist import configure_cpu_threads, fail_fast, init_distributed, shutdown_distributed
 
     rank, world = init_distributed()
     configure_cpu_threads(world)
-    code = _run(args, rank, world)
+    with fail_fast(world):
+        code = _run(args, rank, world)
     # only after a normal end: after an exception a peer may be gone, and a barrier would wait forever
     shutdown_distributed()
     return code
