@@ -217,3 +217,28 @@ def process_group():
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
         yield
         shutdown_distributed()
+
+
+@pytest.fixture
+def cli(process_group, capsys, monkeypatch):
+    """Run a command line's ``main(argv)`` in this process: ``call(main, argv) -> (exit code, stdout, stderr)``.
+
+    For the bad-input cases: the refusal runs the same code as a launch (parsing, checks, the named error, the
+    exit code ``main`` hands to ``sys.exit``) without a child's ~4 s of imports (torch, DeepSpeed). The session's
+    1-process group stands in for ``init_distributed``'s and must outlive the call, so the CLIs' shutdown is a
+    no-op here. Each launcher keeps at least one refusal through a real child process (exit status, no traceback).
+    """
+    import negint_ds.train.dist as dist_helpers
+
+    monkeypatch.setattr(dist_helpers, "shutdown_distributed", lambda: None)
+
+    def call(main, argv: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call

@@ -83,10 +83,22 @@ def test_masks_and_report_commands(run):
      "stepz: not a mask setting"),
     (["mask_report", "--run_dir", "{run}", "--pairs", "sw-en", "--mask_dir", "{out}"], "no masks in"),
 ])
-def test_bad_input_is_a_named_error(run, args, message):
+def test_bad_input_is_a_named_error(run, cli, args, message):
+    from negint_ds.analysis.cli import main
+
     out = os.path.join(run["dir"], "bad_out")
-    p = analyze(*[a.replace("{run}", run["run"]).replace("{out}", out).replace("{ds}", run["ds"]) for a in args])
+    code, _, err = cli(main, [a.replace("{run}", run["run"]).replace("{out}", out).replace("{ds}", run["ds"])
+                              for a in args])
+    assert code == 2, err[-2000:]
+    assert message in err
+    assert not os.path.exists(out)
+
+
+def test_bad_input_exits_2_through_the_launcher(run):
+    """The same refusal from a real launch: exit status 2 and one named error line, no traceback."""
+    out = os.path.join(run["dir"], "bad_out_launcher")
+    p = analyze("bpc", "--runs", run["run"], "--langs", "fr", "--out_dir", out)
     assert p.returncode == 2, p.stderr[-2000:]
-    assert message in p.stderr
+    assert "error:" in p.stderr and "fr" in p.stderr
     assert "Traceback" not in p.stderr
     assert not os.path.exists(out)

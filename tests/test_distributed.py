@@ -23,10 +23,12 @@ def _tool(name):
 
 _META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "--set", "meta.val_batch_size=8",
          "--set", "meta.val_micro_batch=4"]
-_GC = ["--set", "analysis.grad_conflict.enabled=true", "--set", "analysis.grad_conflict.every=4",
-       "--set", "analysis.grad_conflict.sequences=8", "--set", "model.adapters.kind=language"]
-MODES = {"plain": [], "joint": ["--set", "model.adapters.kind=language"], "meta": _META,
-         "meta_exact": [*_META, "--set", "meta.hypergradient=exact"], "grad_conflict": _GC}
+# joint φ (language adapters, no meta-learning) with the θ-gradient probe on: one launch covers both the φ
+# gradients across ranks and the probe's sharded sums
+_JOINT_GC = ["--set", "model.adapters.kind=language", "--set", "analysis.grad_conflict.enabled=true",
+             "--set", "analysis.grad_conflict.every=4", "--set", "analysis.grad_conflict.sequences=8"]
+MODES = {"plain": [], "joint_grad_conflict": _JOINT_GC, "meta": _META,
+         "meta_exact": [*_META, "--set", "meta.hypergradient=exact"]}
 ANALYZE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launchers", "analyze.py")
 
 
@@ -57,13 +59,16 @@ def _compare(run, ref):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
 
 
-@pytest.mark.parametrize("launcher,mode", [("deepspeed", "plain"), ("mpiexec", "plain"), ("deepspeed", "joint"),
-                                           ("deepspeed", "meta"), ("mpiexec", "meta_exact"),
-                                           ("deepspeed", "grad_conflict")])
+# Both launchers for the plain run. A launcher only sets each rank's environment, so the φ modes take mpiexec,
+# whose start-up is ~10 s shorter than the deepspeed launcher's two extra Python levels (test_multinode.py runs
+# the deepspeed launcher again, as two nodes).
+@pytest.mark.parametrize("launcher,mode", [("deepspeed", "plain"), ("mpiexec", "plain"),
+                                           ("mpiexec", "joint_grad_conflict"), ("mpiexec", "meta"),
+                                           ("mpiexec", "meta_exact")])
 def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, mode):
-    """ZeRO-2 over gloo. joint: φ gradients accumulated over 2 micro-batches (1 process) vs averaged over
-    2 ranks; meta: θ gradients, v, the hypergradient and φ all cross the process boundary (for the exact
-    hypergradient, through a differentiable all-reduce)."""
+    """ZeRO-2 over gloo. joint φ: φ gradients accumulated over 2 micro-batches (1 process) vs averaged over
+    2 ranks, and the probe's rows; meta: θ gradients, v, the hypergradient and φ all cross the process boundary
+    (for the exact hypergradient, through a differentiable all-reduce)."""
     refs, d = references
     exe = _tool(launcher)
     if exe is None:
@@ -79,7 +84,7 @@ def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, 
     if mode.startswith("meta"):
         a, b = read_metrics(refs[mode], "train"), read_metrics(run, "train")
         assert [r["meta_val_loss"] for r in b] == pytest.approx([r["meta_val_loss"] for r in a], rel=LOSS_RTOL)
-    if mode == "grad_conflict":  # each rank takes every 2nd probe micro-batch; sums meet in one all-reduce
+    if mode == "joint_grad_conflict":  # each rank takes every 2nd probe micro-batch; sums meet in one all-reduce
         _compare_probe_rows(os.path.join(run, "analysis", "grad_conflict.csv"),
                             os.path.join(refs[mode], "analysis", "grad_conflict.csv"))
 
@@ -108,8 +113,8 @@ def test_offline_grad_conflict_two_processes_match_one(references, tmp_path):
     if exe is None:
         pytest.fail(f"mpiexec not found next to {sys.executable} or on PATH (pip install mpich mpi4py)")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    shutil.copytree(refs["grad_conflict"], one)
-    shutil.copytree(refs["grad_conflict"], two)
+    shutil.copytree(refs["joint_grad_conflict"], one)
+    shutil.copytree(refs["joint_grad_conflict"], two)
     args = ["grad_conflict", "--sequences", "8", "--micro_batch", "2", "--no_progress", "--run_dir"]
     p = _analyze(args + [one], [sys.executable])
     assert p.returncode == 0, p.stderr[-3000:]

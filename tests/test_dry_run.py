@@ -206,25 +206,29 @@ def test_cli_dry_run_passes_and_writes_nothing(tiny_args, tiny_data):
     assert _files_under(tiny_data["dir"]) == before, "a dry run wrote under the data directory"
 
 
-def test_cli_lists_every_problem_and_exits_2(tiny_args, tmp_path):
+def test_cli_lists_every_problem_and_exits_2(tiny_args, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     bad_ds = write_ds_config(str(tmp_path / "bad.json"), micro=4, accum=2, train_batch_size=12)
-    p = run_launcher(["--dry_run", "--deepspeed_config", bad_ds, "--config", tiny_args.config, "--run_dir",
-                      tiny_args.run_dir, "--set", "meta.enabled=true", "--set", f"data.dir={tmp_path / 'nodata'}"],
-                     timeout=120)
-    assert p.returncode == 2, p.stdout + p.stderr
+    code, out, err = cli(main, ["--dry_run", "--deepspeed_config", bad_ds, "--config", tiny_args.config, "--run_dir",
+                                tiny_args.run_dir, "--set", "meta.enabled=true",
+                                "--set", f"data.dir={tmp_path / 'nodata'}"])
+    assert code == 2, out + err
     for text in ("[config]", "meta.enabled: needs model.adapters.kind=language",
                  "train_batch_size=12 does not equal train_micro_batch_size_per_gpu=4"):
-        assert text in p.stderr, text
+        assert text in err, text
     assert not os.path.exists(tiny_args.run_dir)
 
 
-def test_cli_refuses_bf16_on_a_cpu_target(tiny_args, tiny_data, tmp_path):
+def test_cli_refuses_bf16_on_a_cpu_target(tiny_args, tiny_data, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     ds = write_ds_config(str(tmp_path / "bf16.json"), bf16={"enabled": True})
     base = ["--dry_run", "--deepspeed_config", ds, "--config", tiny_args.config, "--run_dir", tiny_args.run_dir]
-    p = run_launcher(base + ["--target_device", "cpu"], timeout=120)
-    assert p.returncode == 2, p.stdout + p.stderr
-    assert "[hardware]" in p.stderr and "bf16.enabled: mixed precision needs a GPU" in p.stderr
-    assert "bf16, ZeRO stage 2" in p.stdout  # the rest of the report is still there
+    code, out, err = cli(main, base + ["--target_device", "cpu"])
+    assert code == 2, out + err
+    assert "[hardware]" in err and "bf16.enabled: mixed precision needs a GPU" in err
+    assert "bf16, ZeRO stage 2" in out  # the rest of the report is still there
 
 
 def test_dry_run_options_need_dry_run(tiny_args):

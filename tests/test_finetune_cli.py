@@ -124,7 +124,7 @@ def test_two_processes_give_the_results_of_one(tiny_run, ner_files, tmp_path):
 
 @pytest.mark.parametrize("case", ["unknown_task", "unknown_language", "label", "split", "model_lacks", "setting",
                                   "vocabulary"])
-def test_bad_input_is_a_named_error_before_anything_is_written(tiny_run, ner_files, tmp_path, case):
+def test_bad_input_is_a_named_error_before_anything_is_written(tiny_run, ner_files, tmp_path, cli, case):
     files = {k: v for k, v in ner_files.items() if k != "bad"}
     args = ["--pretrained", tiny_run["run"], "--task", "ner"]
     sets = []
@@ -160,10 +160,22 @@ def test_bad_input_is_a_named_error_before_anything_is_written(tiny_run, ner_fil
     cmd = args + ["--deepspeed_config", tiny_run["ds"], "--run_dir", str(out)] + sets
     if files:
         cmd += _sets(files)
-    p = _run(cmd)
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert want in p.stderr, p.stderr[-2000:]
+    from negint_ds.tasks.cli import main
+
+    code, _, err = cli(main, ["--no_progress", *cmd])
+    assert code == 2, err[-2000:]
+    assert want in err, err[-2000:]
     assert not out.exists(), "nothing written"
+
+
+def test_bad_input_exits_2_through_the_launcher(tiny_run, tmp_path):
+    """A refusal from a real launch: exit status 2 and the named error, no traceback, nothing written."""
+    out = tmp_path / "out"
+    p = _run(["--pretrained", tiny_run["run"], "--task", "nerr", "--deepspeed_config", tiny_run["ds"],
+              "--run_dir", str(out)])
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "unknown task 'nerr'" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
 
 
 def _cfg(files, **kw):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_export, read_metrics, run_launcher, write_ds_config
+from conftest import load_export, read_metrics, run_launcher, run_launchers, write_ds_config
 from negint_ds.analysis.grad_conflict import (Draw, ProbeBatches, parameter_group, probe, probe_pairs, read_rows,
                                               theta_gradient)
 from negint_ds.config import GradConflictConfig, MLMConfig, ModelConfig
@@ -179,11 +179,10 @@ def runs(tiny_data, ds2, tmp_path_factory):
     d = tmp_path_factory.mktemp("gc_runs")
     common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.max_steps=10",
               "--set", "train.save_every=5", "--set", "train.keep_checkpoints=3", *ADPT]
-    out = {}
-    for name, extra in (("off", []), ("on", GC)):
-        out[name] = str(d / name)
-        p = run_launcher(common + ["--run_dir", out[name], *extra])
-        assert p.returncode == 0, p.stderr[-3000:]
+    out = {name: str(d / name) for name in ("off", "on")}
+    for name, p in zip(out.copy(), run_launchers([common + ["--run_dir", out["off"]],
+                                                   common + ["--run_dir", out["on"], *GC]])):
+        assert p.returncode == 0, (name, p.stderr[-3000:])
         out[name + "_log"] = p.stderr
     return out
 
@@ -240,14 +239,17 @@ def test_offline_mode_reproduces_the_online_probe(runs):
     assert len(again) == len(rows)
 
 
-def test_bad_probe_settings_are_refused_before_anything_is_written(tiny_data, ds2, tmp_path):
+def test_bad_probe_settings_are_refused_before_anything_is_written(tiny_data, ds2, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     run = str(tmp_path / "bad")
-    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run, *GC,
-                      "--set", "analysis.grad_conflict.controls=[fr]", "--set", "analysis.grad_conflict.micro_batch=3"])
-    assert p.returncode == 2
-    assert "analysis.grad_conflict.controls: 'fr'" in p.stderr and "multiple of micro_batch=3" in p.stderr
+    code, _, err = cli(main, ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run, *GC,
+                              "--set", "analysis.grad_conflict.controls=[fr]",
+                              "--set", "analysis.grad_conflict.micro_batch=3"])
+    assert code == 2
+    assert "analysis.grad_conflict.controls: 'fr'" in err and "multiple of micro_batch=3" in err
     assert not os.path.exists(run)
     ds3 = write_ds_config(str(tmp_path / "z3.json"), stage=3)
-    p = run_launcher(["--deepspeed_config", ds3, "--config", tiny_data["recipe"], "--run_dir", run, *GC])
-    assert p.returncode == 2 and "analysis.grad_conflict reads θ whole" in p.stderr
+    code, _, err = cli(main, ["--deepspeed_config", ds3, "--config", tiny_data["recipe"], "--run_dir", run, *GC])
+    assert code == 2 and "analysis.grad_conflict reads θ whole" in err
     assert not os.path.exists(run)

@@ -151,23 +151,27 @@ def _snapshot(run):
             for d, _, fs in os.walk(run) for f in fs}
 
 
-def test_damaged_run_is_refused_with_named_error_and_nothing_written(finished, tmp_path):
+def test_damaged_run_is_refused_with_named_error_and_nothing_written(finished, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     run = str(tmp_path / "run")
     shutil.copytree(finished, run)
     os.unlink(os.path.join(run, "checkpoints", "latest.json"))
     before = _snapshot(run)
-    p = run_launcher(["--run_dir", run, "--resume", "--set", "train.max_steps=12"])
-    assert p.returncode == 2 and "latest.json is missing" in p.stderr and "--resume_from" in p.stderr, p.stderr[-2000:]
+    code, _, err = cli(main, ["--run_dir", run, "--resume", "--set", "train.max_steps=12"])
+    assert code == 2 and "latest.json is missing" in err and "--resume_from" in err, err[-2000:]
     assert _snapshot(run) == before, "a refused resume must not write anything"
 
 
-def test_resume_past_max_steps_says_so_and_writes_nothing(finished, tmp_path):
+def test_resume_past_max_steps_says_so_and_writes_nothing(finished, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     run = str(tmp_path / "run")
     shutil.copytree(finished, run)
     before = _snapshot(run)
     for steps, says in ((4, "past train.max_steps=4; nothing to train"), (8, "already finished at step 8")):
-        p = run_launcher(["--run_dir", run, "--resume", "--set", f"train.max_steps={steps}"])
-        assert p.returncode == 0 and says in p.stderr, p.stderr[-2000:]
+        code, _, err = cli(main, ["--run_dir", run, "--resume", "--set", f"train.max_steps={steps}"])
+        assert code == 0 and says in err, err[-2000:]
     assert _snapshot(run) == before
 
 

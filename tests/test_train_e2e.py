@@ -85,38 +85,42 @@ def test_existing_run_dir_is_refused_and_untouched(trained, tiny_data, ds2):
     assert before == {f: os.path.getmtime(os.path.join(run, f)) for f in before}
 
 
-def test_bad_inputs_stop_before_training(tiny_data, ds2, tmp_path):
+def test_bad_inputs_stop_before_training(tiny_data, ds2, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     run = str(tmp_path / "r")
     bad_ds = write_ds_config(str(tmp_path / "bad.json"), micro=4, accum=2, train_batch_size=12)
-    p = run_launcher(["--deepspeed_config", bad_ds, "--config", tiny_data["recipe"], "--run_dir", run])
-    assert p.returncode == 2 and "train_batch_size=12 does not equal" in p.stderr
-    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", "train.lr=3", "--set", "model.layers=0"])
-    assert p.returncode == 2 and "config.train.lr: unknown key" in p.stderr and "layers: must be positive" in p.stderr
-    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", f"data.dir={tmp_path / 'nodata'}"])
-    assert p.returncode == 2 and "not a prepared data directory; run `python -m negint_ds.prepare" in p.stderr
-    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", "model.vocab_size=1000"])
-    assert p.returncode == 2 and "model.vocab_size=1000" in p.stderr and "300 pieces" in p.stderr
-    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", "train.seq_len=2048", "--set", "model.max_positions=2048",
-                      "--set", "model.adapters.kind=language", "--set", "meta.enabled=true",
-                      "--set", "meta.val_batch_size=6", "--set", "meta.val_micro_batch=4"])
-    assert p.returncode == 2 and "data does not fit the configuration" in p.stderr
-    assert "valid tokens, fewer than train.seq_len=2048" in p.stderr
-    assert "meta.val_batch_size=6 must be a multiple of meta.val_micro_batch (4)" in p.stderr
+    code, _, err = cli(main, ["--deepspeed_config", bad_ds, "--config", tiny_data["recipe"], "--run_dir", run])
+    assert code == 2 and "train_batch_size=12 does not equal" in err
+    code, _, err = cli(main, ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
+                              "--set", "train.lr=3", "--set", "model.layers=0"])
+    assert code == 2 and "config.train.lr: unknown key" in err and "layers: must be positive" in err
+    code, _, err = cli(main, ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
+                              "--set", f"data.dir={tmp_path / 'nodata'}"])
+    assert code == 2 and "not a prepared data directory; run `python -m negint_ds.prepare" in err
+    code, _, err = cli(main, ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
+                              "--set", "model.vocab_size=1000"])
+    assert code == 2 and "model.vocab_size=1000" in err and "300 pieces" in err
+    code, _, err = cli(main, ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", run,
+                              "--set", "train.seq_len=2048", "--set", "model.max_positions=2048",
+                              "--set", "model.adapters.kind=language", "--set", "meta.enabled=true",
+                              "--set", "meta.val_batch_size=6", "--set", "meta.val_micro_batch=4"])
+    assert code == 2 and "data does not fit the configuration" in err
+    assert "valid tokens, fewer than train.seq_len=2048" in err
+    assert "meta.val_batch_size=6 must be a multiple of meta.val_micro_batch (4)" in err
     assert not os.path.exists(run), "a refused run must not create its run directory"
 
 
-def test_vocabulary_swapped_under_the_data_is_refused(tiny_data, ds2, tmp_path):
+def test_vocabulary_swapped_under_the_data_is_refused(tiny_data, ds2, tmp_path, cli):
+    from negint_ds.train.cli import main
+
     data = str(tmp_path / "data")
     shutil.copytree(tiny_data["data_dir"], data)
     with open(os.path.join(data, "spm.model"), "ab") as f:
         f.write(b"\0")
-    p = run_launcher(["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--run_dir", str(tmp_path / "r"),
-                      "--set", f"data.dir={data}"])
-    assert p.returncode == 2 and "spm.model" in p.stderr
+    code, _, err = cli(main, ["--deepspeed_config", ds2, "--config", tiny_data["recipe"],
+                              "--run_dir", str(tmp_path / "r"), "--set", f"data.dir={data}"])
+    assert code == 2 and "spm.model" in err
 
 
 META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "--set", "meta.val_batch_size=8",
@@ -124,7 +128,7 @@ META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "
 
 
 @pytest.mark.parametrize("extra", [[], META], ids=["plain", "meta"])
-def test_resume_continues_exactly(tiny_data, ds2, tmp_path, extra):
+def test_resume_continues_exactly(tiny_data, ds2, tmp_path, cli, extra):
     """N steps, stop, resume, N more == 2N uninterrupted (dropout on: it is seeded per step); with meta-learning
     the φ optimiser state and the meta-validation batches must continue too."""
     common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.eval_every=6",
@@ -145,13 +149,15 @@ def test_resume_continues_exactly(tiny_data, ds2, tmp_path, extra):
     if extra:
         assert os.path.isfile(os.path.join(part, "export", "phi.safetensors"))
         assert [r.get("meta_val_loss") for r in a] == [r.get("meta_val_loss") for r in b]
-    p = run_launcher(["--run_dir", part, "--resume", "--set", "model.dim=64"])
-    assert p.returncode == 2 and "cannot change on --resume" in p.stderr
+    from negint_ds.train.cli import main
+
+    code, _, err = cli(main, ["--run_dir", part, "--resume", "--set", "model.dim=64"])
+    assert code == 2 and "cannot change on --resume" in err
 
 
 def test_sigterm_checkpoints_and_resume_matches(tiny_data, ds2, tmp_path):
     """Stop a run with SIGTERM mid-way: it checkpoints; the resumed run ends where an uninterrupted one does."""
-    common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.max_steps=300",
+    common = ["--deepspeed_config", ds2, "--config", tiny_data["recipe"], "--set", "train.max_steps=120",
               "--set", "train.eval_every=1000", "--set", "train.save_every=1000"]
     run, ref = str(tmp_path / "stopped"), str(tmp_path / "ref")
     with ThreadPoolExecutor(1) as pool:  # the uninterrupted reference runs beside the stopped run
@@ -176,21 +182,29 @@ def _stop_and_resume(run, common):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     stopped_at = json.load(open(os.path.join(run, "checkpoints", "latest.json")))["step"]
-    assert 0 < stopped_at < 300, "the run was not stopped mid-way"
+    assert 0 < stopped_at < 120, "the run was not stopped mid-way"
     assert "stopped by signal" in err
     assert run_launcher(["--run_dir", run, "--resume"]).returncode == 0
 
 
+@pytest.fixture(scope="module")
+def stage_runs(tiny_data, tmp_path_factory):
+    """5-step runs at ZeRO 0, 1 and 3, launched two at a time: {stage: run directory}."""
+    d = tmp_path_factory.mktemp("zero_stages")
+    runs = {stage: str(d / f"z{stage}") for stage in (0, 1, 3)}
+    jobs = [["--deepspeed_config", write_ds_config(str(d / f"z{stage}.json"), stage=stage), "--config",
+             tiny_data["recipe"], "--run_dir", run, "--set", "train.max_steps=5", "--set", "train.eval_every=5"]
+            for stage, run in runs.items()]
+    for stage, p in zip(runs, run_launchers(jobs)):
+        assert p.returncode == 0, (stage, p.stderr[-3000:])
+    return runs
+
+
 @pytest.mark.parametrize("stage", [0, 1, 3])
-def test_zero_stages_agree(tiny_data, trained, tmp_path, stage):
+def test_zero_stages_agree(trained, stage_runs, stage):
     """ZeRO 0, 1 and 3 reproduce the ZeRO-2 run's losses (fp32; only reduction order differs)."""
     ref_run, _ = trained
-    ds = write_ds_config(str(tmp_path / f"z{stage}.json"), stage=stage)
-    run = str(tmp_path / f"z{stage}")
-    p = run_launcher(["--deepspeed_config", ds, "--config", tiny_data["recipe"], "--run_dir", run,
-                      "--set", "train.max_steps=5", "--set", "train.eval_every=5"])
-    assert p.returncode == 0, p.stderr[-3000:]
-    got = [r["loss"] for r in read_metrics(run, "train")]
+    got = [r["loss"] for r in read_metrics(stage_runs[stage], "train")]
     ref = [r["loss"] for r in read_metrics(ref_run, "train")][:5]
     assert got == pytest.approx(ref, rel=1e-5)
 
