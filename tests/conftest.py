@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,6 +149,12 @@ def free_port() -> int:
 #: Set in this process by the in-process trainers' gloo group (fixture ``process_group``); a child process that
 #: inherited them would skip DeepSpeed's MPI discovery and every mpiexec rank would act as rank 0 of 1.
 _GROUP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def find_tool(name: str) -> str | None:
+    """A console script (``mpiexec``, ``deepspeed``) next to this interpreter, else on PATH; None if neither."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.isfile(path) else shutil.which(name)
 
 
 def child_env(**extra: str) -> dict:

@@ -6,19 +6,13 @@ import sys
 
 import pytest
 
-from conftest import load_export, read_metrics, run_launcher, run_launchers, write_ds_config
+from conftest import find_tool, load_export, read_metrics, run_launcher, run_launchers, write_ds_config
 
 pytestmark = pytest.mark.slow
-BIN = os.path.dirname(sys.executable)
 # Two ranks average their gradients with one all-reduce; one process accumulates the same two
 # micro-batches in another order. In fp32 that changes rounding only (~1e-7 relative per step), so
 # after 8 Adam steps losses agree to 1e-5 relative and weights to 1e-5 absolute (seen: ~3e-8).
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
-
-
-def _tool(name):
-    path = os.path.join(BIN, name)
-    return path if os.path.isfile(path) else shutil.which(name)
 
 
 _META = ["--set", "model.adapters.kind=language", "--set", "meta.enabled=true", "--set", "meta.val_batch_size=8",
@@ -70,7 +64,7 @@ def test_two_process_zero2_matches_one_process(tiny_data, references, launcher, 
     2 ranks, and the probe's rows; meta: θ gradients, v, the hypergradient and φ all cross the process boundary
     (for the exact hypergradient, through a differentiable all-reduce)."""
     refs, d = references
-    exe = _tool(launcher)
+    exe = find_tool(launcher)
     if exe is None:
         pytest.fail(f"{launcher} not found next to {sys.executable} or on PATH (pip install deepspeed mpich mpi4py)")
     ds = write_ds_config(os.path.join(d, "world2.json"), stage=2, micro=4, accum=1)
@@ -109,7 +103,7 @@ def _analyze(args, prefix):
 def test_offline_grad_conflict_two_processes_match_one(references, tmp_path):
     """launchers/analyze.py grad_conflict over a run's checkpoints: mpiexec -n 2 gives the rows of 1 process."""
     refs, _ = references
-    exe = _tool("mpiexec")
+    exe = find_tool("mpiexec")
     if exe is None:
         pytest.fail(f"mpiexec not found next to {sys.executable} or on PATH (pip install mpich mpi4py)")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")

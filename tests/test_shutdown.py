@@ -5,15 +5,13 @@ A gloo worker thread alive at interpreter exit can abort the process after a run
 stop would hang ``close``.
 """
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
 
 import torch
 
-from conftest import child_env, free_port
+from conftest import child_env, find_tool, free_port
 from negint_ds.mlm import MLMBatch
 from negint_ds.train.prefetch import Prefetcher
 
@@ -90,7 +88,6 @@ def test_shutdown_distributed_joins_gloo_worker_threads():
     assert got == {"before": got["before"], "after": 0, "initialized": False}
 
 
-
 _FAILING_RANK = """
 import torch, torch.distributed as dist
 from negint_ds.train.dist import fail_fast, init_distributed, shutdown_distributed
@@ -109,8 +106,7 @@ def test_fail_fast_ends_an_mpiexec_job_whose_one_rank_fails():
     """An exception on rank 1 of 2 ends the job (non-zero, traceback kept) in seconds. Without ``fail_fast``
     rank 1's exit waits in MPI_Finalize for rank 0, which waits in gloo's barrier for rank 1: the job hangs
     until gloo's 30-minute timeout (CI: 600 s, then killed), and this test times out."""
-    exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    exe = exe if os.path.isfile(exe) else shutil.which("mpiexec")
+    exe = find_tool("mpiexec")
     assert exe, f"mpiexec not found next to {sys.executable} or on PATH (pip install mpich mpi4py)"
     p = subprocess.run([exe, "-n", "2", sys.executable, "-c", _FAILING_RANK], capture_output=True, text=True,
                        timeout=120, env=child_env(MASTER_PORT=str(free_port())))
