@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={"negint_ds": "negint_ds", "negint_ds.kernels": "kernels"},
-    package_data={"negint_ds.recipes": ["*.yaml"]},
+    package_data={"negint_ds.recipes": ["*.yaml"], "negint_ds.experiments": ["specs/*.yaml"]},
     install_requires=[
         "torch>=2.3",
         "deepspeed>=0.17",

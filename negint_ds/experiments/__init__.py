@@ -1,0 +1,1 @@
+"""Experiments as one command: spec → runs (pretraining → fine-tuning → analyses) → tables, figures, findings."""

@@ -1,0 +1,168 @@
+"""The paper's qualitative claims (F1–F5), each judged on the experiment's numbers as reproduced / not reproduced /
+inconclusive.
+
+A comparison "A beats B" is **reproduced** when A − B (sign-adjusted so that positive is the claimed direction)
+exceeds twice its standard error √(s_A²/n_A + s_B²/n_B), **not reproduced** when it is below −2 standard errors
+(the opposite holds), and **inconclusive** in between or when either side has no spread (one seed). The spread is
+over pretraining seeds when there are ≥ 2, else over fine-tuning seeds (:mod:`.collect`), which understates the
+pretraining variance; the report says which.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .collect import LOWER_IS_BETTER, Aggregate
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED = "reproduced", "not reproduced", "inconclusive", "not tested"
+MIXED = "mixed"
+
+
+@dataclass
+class Comparison:
+    what: str
+    a: str
+    b: str
+    diff: float
+    se: float | None
+    verdict: str
+    detail: str
+
+
+def compare(what: str, a: Aggregate | None, b: Aggregate | None, name_a: str, name_b: str,
+            lower_is_better: bool | None = None) -> Comparison:
+    """Judge "``a`` is better than ``b``" on one measure (see the module docstring)."""
+    if a is None or b is None:
+        missing = [n for n, x in ((name_a, a), (name_b, b)) if x is None]
+        return Comparison(what, name_a, name_b, float("nan"), None, NOT_TESTED,
+                          f"no result for {', '.join(missing)}")
+    low = a.measure in LOWER_IS_BETTER if lower_is_better is None else lower_is_better
+    diff = (b.mean - a.mean) if low else (a.mean - b.mean)
+    nums = f"{name_a} {a.cell(digits=4)} vs {name_b} {b.cell(digits=4)}"
+    if not (math.isfinite(a.mean) and math.isfinite(b.mean)):
+        return Comparison(what, name_a, name_b, diff, None, INCONCLUSIVE, nums + " (non-finite)")
+    if a.std is None or b.std is None:
+        return Comparison(what, name_a, name_b, diff, None, INCONCLUSIVE, nums + "; no seed spread (one seed)")
+    se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+    verdict = REPRODUCED if diff > 2 * se else NOT_REPRODUCED if diff < -2 * se else INCONCLUSIVE
+    return Comparison(what, name_a, name_b, diff, se, verdict,
+                      f"{nums}; difference {diff:+.4f} in the claimed direction, 2 SE = {2 * se:.4f}")
+
+
+def combine(parts: list[Comparison]) -> str:
+    """One verdict for a claim made of several comparisons: not tested if none could be tested; not reproduced if
+    any is significantly opposite; reproduced if every tested one is (``(partly tested)`` when some could not be
+    tested); mixed when some are reproduced and others significantly opposite; else inconclusive."""
+    tested = [c for c in parts if c.verdict != NOT_TESTED]
+    if not tested:
+        return NOT_TESTED
+    if any(c.verdict == NOT_REPRODUCED for c in tested):
+        return MIXED if any(c.verdict == REPRODUCED for c in tested) else NOT_REPRODUCED
+    if all(c.verdict == REPRODUCED for c in tested):
+        return REPRODUCED + (" (partly tested)" if len(tested) < len(parts) else "")
+    return INCONCLUSIVE
+
+
+def _probe_aggregate(rows: list[dict], label: str, measure: str) -> Aggregate | None:
+    vals = np.array([r["cosine"] for r in rows], dtype=float)
+    if not len(vals):
+        return None
+    std = float(vals.std(ddof=1)) if len(vals) > 1 else None
+    return Aggregate("JointPair", "", measure, label, float(vals.mean()), std, len(vals), "probes")
+
+
+def _downstream(aggs: dict, row: str, group: str, setting: str, lang: str) -> list[tuple[str, Aggregate]]:
+    """(measure, aggregate) of ``row`` in ``group`` for every task/metric of ``setting`` tested in ``lang``."""
+    return [(k[2], a) for k, a in aggs.items() if k[0] == row and k[1] == group and k[3] == lang
+            and k[2].split("/")[1:2] == [setting]]
+
+
+def _pairwise(aggs: dict, row_a: str, row_b: str, group: str, setting: str, lang: str, claim: str) -> list[Comparison]:
+    b_by = dict(_downstream(aggs, row_b, group, setting, lang))
+    out = []
+    for measure, a in _downstream(aggs, row_a, group, setting, lang):
+        out.append(compare(f"{claim}: {measure} in {lang} ({group})", a, b_by.get(measure), row_a, row_b))
+    if not out:  # name what is missing: row_a's results, and row_b's if it has none either
+        any_b = next(iter(b_by.values()), None)
+        out = [compare(f"{claim}: {setting} in {lang} ({group})", None, any_b, row_a, row_b)]
+    return out
+
+
+def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
+    """F1–F5 for a pairs grid.
+
+    Args:
+        spec: the :class:`~.spec.ExperimentSpec`.
+        aggs: :func:`.collect.aggregate`'s output.
+        probes: group (lg) → whole-θ gradient-conflict rows of that group's JointPair runs (every seed and probe).
+
+    Returns:
+        ``[{"id", "claim", "verdict", "comparisons": [Comparison…]}]``.
+    """
+    low = {lg for lg, c in spec.languages.items() if c.max_train_sentences is not None}
+    high = [lg for lg in spec.pairs if lg not in low]
+    out = []
+
+    f1 = [c for lg in high for c in _pairwise(aggs, "Mono", "JointPair", lg, "within", lg, "Mono > JointPair")]
+    for lg in high:
+        f1.append(compare(f"Mono > JointPair: bits per character of {lg} ({lg})", aggs.get(("Mono", lg, "bpc", lg)),
+                          aggs.get(("JointPair", lg, "bpc", lg)), "Mono", "JointPair"))
+    out.append({"id": "F1", "claim": "Mono beats JointPair within-language on a high-resource language "
+                                     "(negative interference)", "comparisons": f1})
+
+    f2 = []
+    for lg in spec.pairs:
+        rows = probes.get(lg, [])
+        pair = _probe_aggregate([r for r in rows if r["pair"] == f"{lg}-en"], f"{lg}-en", "cosine")
+        ctrl = _probe_aggregate([r for r in rows if r["pair"] == "en-en"], "en-en", "cosine")
+        f2.append(compare(f"cos(g_{lg}, g_en) < cos(g_en, g_en') over probes ({lg})", ctrl, pair, "en–en", f"{lg}–en",
+                          lower_is_better=False))
+    langs = {lg.split("_")[0]: lg for lg in spec.pairs}
+    if "ar" in langs and "fr" in langs:
+        fr = _probe_aggregate([r for r in probes.get(langs["fr"], []) if r["pair"] == f"{langs['fr']}-en"],
+                              "fr-en", "cosine")
+        ar = _probe_aggregate([r for r in probes.get(langs["ar"], []) if r["pair"] == f"{langs['ar']}-en"],
+                              "ar-en", "cosine")
+        f2.append(compare("cos ar–en < cos fr–en over probes", fr, ar, "fr–en", "ar–en", lower_is_better=False))
+    else:
+        f2.append(compare("cos ar–en < cos fr–en (needs pairs ar and fr)", None, None, "fr–en", "ar–en"))
+    out.append({"id": "F2", "claim": "gradients of lg and en are less similar than two batches of en; ar–en less "
+                                     "than fr–en (Fig. 3)", "comparisons": f2})
+
+    f3 = [c for lg in spec.pairs for c in _pairwise(aggs, "+ffn", "JointPair", lg, "within", lg, "+ffn > JointPair")]
+    f3 += [c for lg in spec.pairs for c in _pairwise(aggs, "JointPair", "+ffn", lg, "zero_shot", lg,
+                                                     "+ffn < JointPair")]
+    out.append({"id": "F3", "claim": "+ffn helps within-language and hurts zero-shot transfer", "comparisons": f3})
+
+    f4 = [c for lg in spec.pairs for s in ("within", "zero_shot")
+          for c in _pairwise(aggs, "+meta adpt", "JointPair", lg, s, lg, "+meta adpt > JointPair")]
+    out.append({"id": "F4", "claim": "+meta adpt beats JointPair within-language and zero-shot", "comparisons": f4})
+
+    f5 = [c for lg in spec.pairs if lg in low
+          for c in _pairwise(aggs, "JointPair", "Mono", lg, "within", lg, "JointPair > Mono")]
+    if not f5:
+        f5 = [compare("JointPair > Mono on a subsampled language (needs a pair whose language sets "
+                      "max_train_sentences)", None, None, "JointPair", "Mono")]
+    out.append({"id": "F5", "claim": "bilingual pretraining helps a subsampled low-resource language",
+                "comparisons": f5})
+    for f in out:
+        f["verdict"] = combine(f["comparisons"])
+    return out
+
+
+def findings_markdown(items: list[dict]) -> str:
+    lines = ["# Findings: the paper's claims on this experiment's numbers", "",
+             "Verdict rule: the claimed difference must exceed 2 standard errors (reproduced) or fall below −2 "
+             "(not reproduced); otherwise, or with one seed, inconclusive. n in brackets; 'ft' marks a spread over "
+             "fine-tuning seeds of one pretrained model (it understates pretraining variance).", "",
+             "| claim | verdict |", "|---|---|"]
+    lines += [f"| {f['id']}: {f['claim']} | **{f['verdict']}** |" for f in items]
+    for f in items:
+        lines += ["", f"## {f['id']}: {f['claim']} — {f['verdict']}", ""]
+        lines += [f"- {c.what}: **{c.verdict}** — {c.detail}" for c in f["comparisons"]]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Comparison", "combine", "compare", "findings", "findings_markdown"]
