@@ -15,11 +15,12 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
 
 from ..config.loader import ConfigError
 from .execute import Executor, ExperimentError, load_status, stage_state, write_inputs
-from .plan import Plan, expand, groups, parameter_counts
+from .plan import META_FACTOR, Plan, expand, groups, parameter_counts
 from .spec import load_spec
 
 log = logging.getLogger("negint_ds")
@@ -70,7 +71,7 @@ def dry_run_text(plan: Plan) -> str:
     total += 60.0 * len(todo_data)
     lines += ["", f"data directories to prepare: {len(todo_data)} of {len(plan.prepare)}",
               f"estimated time left: {_fmt_s(total)} (rough: training FLOPs at the calibrated speed, meta steps "
-              f"{'4.4'}× a plain step; --flops_per_s for another machine)"]
+              f"{META_FACTOR['finite_difference']}× a plain step; --flops_per_s for another machine)"]
     if plan.spec.scaling is not None:
         lines += ["", "language-specific φ per rank (fp32 weights + grad + AdamW moments; no ZeRO stage partitions φ):"]
         seen = set()
@@ -83,7 +84,7 @@ def dry_run_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _group_figures(plan: Plan, launcher_log) -> None:
+def _group_figures(plan: Plan) -> None:
     """Fig. 3 across the JointPair runs that carry the probe, Fig. 4c per group (subprocesses; failures logged)."""
     from .execute import _spawn, log_path
 
@@ -108,8 +109,6 @@ def _group_figures(plan: Plan, launcher_log) -> None:
     for g, _ in groups(plan.spec):  # Fig. 4c lands in a per-group directory: link its figure into figures/
         src = os.path.join(figs, f"warmup_{g}", "warmup_loss.png")
         if os.path.isfile(src):
-            import shutil
-
             shutil.copyfile(src, os.path.join(figs, f"warmup_loss_{g}.png"))
 
 
@@ -143,7 +142,7 @@ def run(a) -> int:
         except KeyboardInterrupt:
             print(f"interrupted; run the same command again to continue ({plan.out_dir})", file=sys.stderr)
             return 130
-    _group_figures(plan, None)
+    _group_figures(plan)
     status = load_status(plan)
     build_report(plan, status)
     if spec.scaling is None and os.path.isfile(os.path.join(plan.out_dir, "findings.md")):

@@ -151,9 +151,7 @@ def _flops_per_token(cfg: ExperimentConfig) -> float:
 
 def _calibrated_rate() -> float:
     """FLOP/s of the calibration machine (see :data:`CALIBRATION_TOKENS_PER_S`)."""
-    from ..config.experiment import load_experiment
-
-    return CALIBRATION_TOKENS_PER_S * _flops_per_token(load_experiment(CALIBRATION_RECIPE))
+    return CALIBRATION_TOKENS_PER_S * _flops_per_token_demo()
 
 
 def _ft_seeds(sets: list[str]) -> int:
