@@ -102,7 +102,9 @@ def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
         ``[{"id", "claim", "verdict", "comparisons": [Comparison…]}]``.
     """
     low = {lg for lg, c in spec.languages.items() if c.max_train_sentences is not None}
-    high = [lg for lg in spec.pairs if lg not in low]
+    has = lambda row, lg: row in spec.rows and row in spec.pair_rows.get(lg, spec.rows)  # noqa: E731 — planned runs
+    both = lambda a, b: [lg for lg in spec.pairs if has(a, lg) and has(b, lg)]  # noqa: E731
+    high = [lg for lg in both("Mono", "JointPair") if lg not in low]
     out = []
 
     f1 = [c for lg in high for c in _pairwise(aggs, "Mono", "JointPair", lg, "within", lg, "Mono > JointPair")]
@@ -113,7 +115,7 @@ def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
                                      "(negative interference)", "comparisons": f1})
 
     f2 = []
-    for lg in spec.pairs:
+    for lg in [lg for lg in spec.pairs if has("JointPair", lg)]:
         rows = probes.get(lg, [])
         pair = _probe_aggregate([r for r in rows if r["pair"] == f"{lg}-en"], f"{lg}-en", "cosine")
         ctrl = _probe_aggregate([r for r in rows if r["pair"] == "en-en"], "en-en", "cosine")
@@ -131,16 +133,17 @@ def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
     out.append({"id": "F2", "claim": "gradients of lg and en are less similar than two batches of en; ar–en less "
                                      "than fr–en (Fig. 3)", "comparisons": f2})
 
-    f3 = [c for lg in spec.pairs for c in _pairwise(aggs, "+ffn", "JointPair", lg, "within", lg, "+ffn > JointPair")]
-    f3 += [c for lg in spec.pairs for c in _pairwise(aggs, "JointPair", "+ffn", lg, "zero_shot", lg,
+    f3 = [c for lg in both("+ffn", "JointPair")
+          for c in _pairwise(aggs, "+ffn", "JointPair", lg, "within", lg, "+ffn > JointPair")]
+    f3 += [c for lg in both("+ffn", "JointPair") for c in _pairwise(aggs, "JointPair", "+ffn", lg, "zero_shot", lg,
                                                      "+ffn < JointPair")]
     out.append({"id": "F3", "claim": "+ffn helps within-language and hurts zero-shot transfer", "comparisons": f3})
 
-    f4 = [c for lg in spec.pairs for s in ("within", "zero_shot")
+    f4 = [c for lg in both("+meta adpt", "JointPair") for s in ("within", "zero_shot")
           for c in _pairwise(aggs, "+meta adpt", "JointPair", lg, s, lg, "+meta adpt > JointPair")]
     out.append({"id": "F4", "claim": "+meta adpt beats JointPair within-language and zero-shot", "comparisons": f4})
 
-    f5 = [c for lg in spec.pairs if lg in low
+    f5 = [c for lg in both("JointPair", "Mono") if lg in low
           for c in _pairwise(aggs, "JointPair", "Mono", lg, "within", lg, "JointPair > Mono")]
     if not f5:
         f5 = [compare("JointPair > Mono on a subsampled language (needs a pair whose language sets "

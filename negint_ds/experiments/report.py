@@ -65,7 +65,7 @@ def _group_table(plan: Plan, status: dict, aggs: dict, group: str, measures: lis
         cells = []
         for m, lang in measures:
             a = aggs.get((row, group, m, lang))
-            cells.append(_fmt(m, a) if a else ("failed" if fail else "–"))
+            cells.append(_fmt(m, a) if a else "–")  # the row name carries a failure and its log
             if a:
                 csv_rows.append({"row": row, "group": group, "measure": m, "lang": lang, "mean": a.mean, "std": a.std,
                                  "n": a.n, "spread": a.spread, "seeds": " ".join(map(str, a.seeds))})
