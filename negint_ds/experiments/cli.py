@@ -52,7 +52,7 @@ def _fmt_s(s: float) -> str:
 
 def dry_run_text(plan: Plan) -> str:
     """The runs with each stage's state and the estimated time left (nothing is written)."""
-    status = load_status(plan) if os.path.isfile(os.path.join(plan.out_dir, "status.json")) else {}
+    status = load_status(plan)
     lines = [f"experiment {plan.spec.name}: {len(plan.runs)} runs, {len(plan.prepare)} data directories "
              f"(out: {plan.out_dir})", "", f"{'run':34} {'languages':28} stages (state)  estimate left"]
     total = 0.0

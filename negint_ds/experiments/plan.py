@@ -8,6 +8,7 @@ executor (:mod:`.execute`) and the SLURM scripts (:mod:`.cluster`), so both skip
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -190,15 +191,11 @@ def _estimates(cfg: ExperimentConfig, ds: dict, world: int, rate: float, spec: E
             * fpt / 2 / rate, "mask_report": 10.0}
 
 
-_DEMO_FPT: list[float] = []
-
-
+@functools.lru_cache(maxsize=1)
 def _flops_per_token_demo() -> float:
-    if not _DEMO_FPT:
-        from ..config.experiment import load_experiment
+    from ..config.experiment import load_experiment
 
-        _DEMO_FPT.append(_flops_per_token(load_experiment(CALIBRATION_RECIPE)))
-    return _DEMO_FPT[0]
+    return _flops_per_token(load_experiment(CALIBRATION_RECIPE))
 
 
 def _stages(spec: ExperimentSpec, run: Run, ds_file: str, est: dict[str, float], cost_run: bool) -> list[Stage]:

@@ -14,12 +14,20 @@ from .findings import findings, findings_markdown
 from .plan import Plan, groups, parameter_counts
 
 
+_BAD = ("failed", "blocked", "interrupted")
+
+
+def _where(rec: dict, out_dir: str) -> str:
+    """A bad stage's log (or reason), relative to the experiment directory."""
+    where = rec.get("log") or rec.get("reason", "")
+    return os.path.relpath(where, out_dir) if os.path.isabs(where) else where
+
+
 def _failure(status: dict, run_ids: list[str], out_dir: str) -> str | None:
     for rid in run_ids:
         for stage, rec in status.get(rid, {}).items():
-            if rec.get("state") in ("failed", "blocked", "interrupted"):
-                where = rec.get("log") or rec.get("reason", "")
-                return f"{rec['state']} ({stage}: {os.path.relpath(where, out_dir) if os.path.isabs(where) else where})"
+            if rec.get("state") in _BAD:
+                return f"{rec['state']} ({stage}: {_where(rec, out_dir)})"
     return None
 
 
@@ -41,9 +49,8 @@ def _runs_table(plan: Plan, status: dict) -> list[str]:
             rec = st.get(s.name, {})
             state = rec.get("state", "todo")
             parts.append(f"{s.name} {state}" + (f" {rec['seconds']:.0f} s" if rec.get("seconds") else ""))
-            if state in ("failed", "blocked", "interrupted") and not bad:
-                where = rec.get("log") or rec.get("reason", "")
-                bad = os.path.relpath(where, plan.out_dir) if os.path.isabs(where) else where
+            if state in _BAD and not bad:
+                bad = _where(rec, plan.out_dir)
         lines.append(f"| {run.id} | {run.row}{' ' + run.variant if run.variant else ''} | {'+'.join(run.langs)} | "
                      f"{run.seed} | {', '.join(parts)} | {bad} |")
     return lines + [""]
