@@ -16,7 +16,7 @@ from negint_ds.config.loader import ConfigError
 from negint_ds.experiments import collect, findings
 from negint_ds.experiments.cli import dry_run_text, main
 from negint_ds.experiments.cluster import write_cluster
-from negint_ds.experiments.execute import Executor, load_status, write_inputs
+from negint_ds.experiments.execute import Executor, load_status, stage_state, write_inputs
 from negint_ds.experiments.plan import Plan, Run, Stage, expand, parameter_counts
 from negint_ds.experiments.report import build_report
 from negint_ds.experiments.spec import load_spec
@@ -63,6 +63,22 @@ def test_paper_demo_expands_to_the_rows_each_table_needs(tmp_path):
     assert stages["jointpair-ar-s0"] == ["pretrain", "finetune", "bpc", "masks", "mask_report"]
     assert stages["jointpair-sw-s0"] == ["pretrain", "finetune", "bpc"]
     assert stages["ffn-sw-s0"] == ["pretrain", "finetune"]
+
+
+def test_masks_stage_is_done_when_every_mask_run_has_its_summary(tmp_path):
+    # the masks command writes <run>/analysis/masks/<lang>_seed<s>/summary.json last; mask_similarity.csv is the
+    # mask_report stage's output, so it must not be the masks stage's marker (that stage would always "fail")
+    plan = _plan("paper_demo", tmp_path)
+    run = next(r for r in plan.runs if r.id == "jointpair-ar-s0")
+    st = {s.name: s for s in run.stages}
+    root = os.path.join(run.run_dir, "analysis", "masks")
+    assert sorted(st["masks"].done) == sorted(os.path.join(root, f"{lg}_seed{s}", "summary.json")
+                                              for lg in ("ar", "en") for s in (0, 1))
+    assert st["mask_report"].done == [os.path.join(run.run_dir, "analysis", "mask_similarity.csv")]
+    for f in st["masks"].done:
+        os.makedirs(os.path.dirname(f), exist_ok=True)
+        open(f, "w").write("{}")
+    assert stage_state(st["masks"]) == "done" and stage_state(st["mask_report"]) == "todo"
 
 
 def test_scaling_demo_grows_languages_with_fixed_data_per_language(tmp_path):
@@ -263,6 +279,27 @@ def test_compare_rule_against_hand_values():
     assert findings.combine([C("reproduced"), C("not reproduced")]) == "mixed"
     assert findings.combine([C("inconclusive"), C("not reproduced")]) == "not reproduced"
     assert findings.combine([C("not tested")]) == "not tested"
+
+
+def test_f5_judges_the_subsampled_language_on_downstream_and_bits_per_character(tmp_path):
+    spec, _ = load_spec("paper_demo", [f"data_root={tmp_path}"])
+    A = lambda row, meas, m, s: collect.Aggregate(row, "fr_l", meas, "fr_l", m, s, 2, "pretraining seeds")  # noqa: E731
+    acc = "bible_genre/within/accuracy"
+    aggs = {("JointPair", "fr_l", acc, "fr_l"): A("JointPair", acc, 0.50, 0.01),
+            ("Mono", "fr_l", acc, "fr_l"): A("Mono", acc, 0.40, 0.01),
+            # bits per character: JointPair lower (better) by 0.3 against 2 SE = 2·sqrt(2·0.01²/2) = 0.02
+            ("JointPair", "fr_l", "bpc", "fr_l"): A("JointPair", "bpc", 2.0, 0.01),
+            ("Mono", "fr_l", "bpc", "fr_l"): A("Mono", "bpc", 2.3, 0.01)}
+    f5 = next(f for f in findings.findings(spec, aggs, {}) if f["id"] == "F5")
+    by = {c.what: c for c in f5["comparisons"]}
+    assert set(by) == {f"JointPair > Mono: {acc} in fr_l (fr_l)", "JointPair > Mono: bits per character of fr_l (fr_l)"}
+    bpc = by["JointPair > Mono: bits per character of fr_l (fr_l)"]
+    assert bpc.diff == pytest.approx(0.3) and bpc.se == pytest.approx(0.01) and bpc.verdict == "reproduced"
+    assert f5["verdict"] == "reproduced"  # full fr is high-resource: it belongs to F1, not F5
+    # Mono with the lower bits per character: that comparison is significantly opposite, so F5 is mixed
+    aggs[("Mono", "fr_l", "bpc", "fr_l")] = A("Mono", "bpc", 1.7, 0.01)
+    f5 = next(f for f in findings.findings(spec, aggs, {}) if f["id"] == "F5")
+    assert f5["verdict"] == "mixed"
 
 
 def test_aggregate_spread_over_pretraining_then_finetuning_seeds():

@@ -56,13 +56,13 @@ from ..mlm import MLMBatch, mask_tokens
 from ..model import FeedForward, MaskedLM, SelfAttention
 from ..seeding import derive_seed
 from .hard_concrete import HardConcreteGates, deterministic_mask
+from .mask_layout import LOG_ALPHA_FILE, SUMMARY_FILE, mask_run_dir
 from .pretrained import AnalysisError, Pretrained
 
 log = logging.getLogger("negint_ds")
 
 GROUP_KINDS = ("structured", "matrix")
 #: File names inside a mask run directory ``<out_dir>/<lang>_seed<seed>/``.
-LOG_ALPHA_FILE, SUMMARY_FILE = "log_alpha.safetensors", "summary.json"
 
 
 # --------------------------------------------------------------------------------------------- configuration
@@ -466,11 +466,6 @@ def valid_loss(objective: GatedObjective, batches: list[tuple[MLMBatch, bool]], 
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def mask_run_dir(out_dir: str, lang: str, seed: int) -> str:
-    """``out_dir/<lang>_seed<seed>``: where :func:`train_language_mask` writes."""
-    return os.path.join(out_dir, f"{lang}_seed{seed}")
-
-
 def _batch_layout(cfg: MaskConfig, world: int) -> tuple[int, int]:
     """(micro-batch per rank, accumulation steps): the step's ``sequences_per_step / micro_batch`` global
     micro-batches shared out over ``world`` ranks (the same micro-batches whatever the world size).

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ..config.deepspeed import read_ds_config
 from ..config.experiment import ExperimentConfig, _deep_merge, _resolve_extends, recipe_path
 from ..config.loader import ConfigError, apply_overrides, from_mapping, to_mapping
+from ..analysis.mask_layout import SUMMARY_FILE, mask_run_dir
 from .rows import ROWS, has_phi, row_languages
 from .spec import ExperimentSpec
 
@@ -224,10 +225,14 @@ def _stages(spec: ExperimentSpec, run: Run, ds_file: str, est: dict[str, float],
     if m.enabled and run.row in m.rows and len(run.langs) > 1 and (m.pairs is None or run.group in m.pairs):
         report = os.path.join(d, "analysis", "mask_similarity.csv")
         lg = run.langs[0]
+        # the masks command's own completion markers (each mask run writes its summary last); the report's CSV
+        # belongs to the mask_report stage
+        summaries = [os.path.join(mask_run_dir(os.path.join(d, "analysis", "masks"), x, s), SUMMARY_FILE)
+                     for x in (lg, "en") for s in m.seeds]
         st.append(Stage("masks", "launchers/analyze.py",
                         ["masks", "--deepspeed_config", ds_file, "--run_dir", d, "--langs", lg, "en", "--seeds",
                          *map(str, m.seeds), "--set", f"steps={m.steps}", "--no_progress"],
-                        distributed=True, done=[report], estimate_s=est["masks"]))
+                        distributed=True, done=summaries, estimate_s=est["masks"]))
         st.append(Stage("mask_report", "launchers/analyze.py", ["mask_report", "--run_dir", d, "--pairs", f"{lg}-en"],
                         done=[report], estimate_s=est["mask_report"]))
     return st

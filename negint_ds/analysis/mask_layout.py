@@ -1,0 +1,20 @@
+"""Where a per-language L0 mask run (:mod:`.masks`) keeps its files, without importing torch.
+
+``<out_dir>/<lang>_seed<seed>/`` holds ``log_alpha.safetensors`` (the Hard Concrete location parameters log α of
+every gate group) and ``summary.json``, written last, so its presence marks a finished run. The experiment runner
+(:mod:`negint_ds.experiments.plan`) uses these names as the masks stage's completion markers.
+"""
+from __future__ import annotations
+
+import os
+
+LOG_ALPHA_FILE, SUMMARY_FILE = "log_alpha.safetensors", "summary.json"
+
+
+def mask_run_dir(out_dir: str, lang: str, seed: int) -> str:
+    """``out_dir/<lang>_seed<seed>``: where :func:`.masks.train_language_mask` writes language ``lang``'s masks
+    for noise/initialisation seed ``seed``."""
+    return os.path.join(out_dir, f"{lang}_seed{seed}")
+
+
+__all__ = ["LOG_ALPHA_FILE", "SUMMARY_FILE", "mask_run_dir"]
