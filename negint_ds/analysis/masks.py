@@ -62,7 +62,6 @@ from .pretrained import AnalysisError, Pretrained
 log = logging.getLogger("negint_ds")
 
 GROUP_KINDS = ("structured", "matrix")
-#: File names inside a mask run directory ``<out_dir>/<lang>_seed<seed>/``.
 
 
 # --------------------------------------------------------------------------------------------- configuration

@@ -90,6 +90,12 @@ def _pairwise(aggs: dict, row_a: str, row_b: str, group: str, setting: str, lang
     return out
 
 
+def _bpc(aggs: dict, row_a: str, row_b: str, lg: str) -> Comparison:
+    """Judge "``row_a`` beats ``row_b``" on ``lg``'s bits per character (vocabulary-independent, lower is better)."""
+    return compare(f"{row_a} > {row_b}: bits per character of {lg} ({lg})", aggs.get((row_a, lg, "bpc", lg)),
+                   aggs.get((row_b, lg, "bpc", lg)), row_a, row_b)
+
+
 def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
     """F1–F5 for a pairs grid.
 
@@ -108,9 +114,7 @@ def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
     out = []
 
     f1 = [c for lg in high for c in _pairwise(aggs, "Mono", "JointPair", lg, "within", lg, "Mono > JointPair")]
-    for lg in high:
-        f1.append(compare(f"Mono > JointPair: bits per character of {lg} ({lg})", aggs.get(("Mono", lg, "bpc", lg)),
-                          aggs.get(("JointPair", lg, "bpc", lg)), "Mono", "JointPair"))
+    f1 += [_bpc(aggs, "Mono", "JointPair", lg) for lg in high]
     out.append({"id": "F1", "claim": "Mono beats JointPair within-language on a high-resource language "
                                      "(negative interference)", "comparisons": f1})
 
@@ -146,10 +150,7 @@ def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
     f5 = []
     for lg in [lg for lg in both("JointPair", "Mono") if lg in low]:
         f5 += _pairwise(aggs, "JointPair", "Mono", lg, "within", lg, "JointPair > Mono")
-        # the vocabulary-independent pretraining measure too, as for F1: Table 5's gain should show before fine-tuning
-        f5.append(compare(f"JointPair > Mono: bits per character of {lg} ({lg})",
-                          aggs.get(("JointPair", lg, "bpc", lg)), aggs.get(("Mono", lg, "bpc", lg)),
-                          "JointPair", "Mono"))
+        f5.append(_bpc(aggs, "JointPair", "Mono", lg))  # as for F1: Table 5's gain should show before fine-tuning
     if not f5:
         f5 = [compare("JointPair > Mono on a subsampled language (needs a pair whose language sets "
                       "max_train_sentences)", None, None, "JointPair", "Mono")]

@@ -15,10 +15,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..analysis.mask_layout import SUMMARY_FILE, mask_run_dir
 from ..config.deepspeed import read_ds_config
 from ..config.experiment import ExperimentConfig, _deep_merge, _resolve_extends, recipe_path
 from ..config.loader import ConfigError, apply_overrides, from_mapping, to_mapping
-from ..analysis.mask_layout import SUMMARY_FILE, mask_run_dir
 from .rows import ROWS, has_phi, row_languages
 from .spec import ExperimentSpec
 
