@@ -302,6 +302,15 @@ def test_f5_judges_the_subsampled_language_on_downstream_and_bits_per_character(
     assert f5["verdict"] == "mixed"
 
 
+def test_f2_compares_ar_with_full_fr_not_its_subsampled_variant(tmp_path):
+    spec, _ = load_spec("paper_demo", [f"data_root={tmp_path}"])  # pairs sw, ar, fr, fr_l, hi
+    P = lambda lg, vals: [{"pair": f"{lg}-en", "cosine": v} for v in vals]  # noqa: E731
+    probes = {"ar": P("ar", [0.00, 0.02]), "fr": P("fr", [0.30, 0.32]), "fr_l": P("fr_l", [-0.5, -0.4])}
+    f2 = next(f for f in findings.findings(spec, {}, probes) if f["id"] == "F2")
+    c = next(c for c in f2["comparisons"] if c.what == "cos ar–en < cos fr–en over probes")
+    assert c.diff == pytest.approx(0.31 - 0.01) and c.verdict == "reproduced"
+
+
 def test_aggregate_spread_over_pretraining_then_finetuning_seeds():
     M = collect.Measurement
     ms = [M("r0", "Mono", "sw", 0, "m", "sw", 0.5, 0.1, 3), M("r1", "Mono", "sw", 1, "m", "sw", 0.7, 0.1, 3),

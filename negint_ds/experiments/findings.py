@@ -125,7 +125,8 @@ def findings(spec, aggs: dict, probes: dict[str, list[dict]]) -> list[dict]:
         ctrl = _probe_aggregate([r for r in rows if r["pair"] == "en-en"], "en-en", "cosine")
         f2.append(compare(f"cos(g_{lg}, g_en) < cos(g_en, g_en') over probes ({lg})", ctrl, pair, "en–en", f"{lg}–en",
                           lower_is_better=False))
-    langs = {lg.split("_")[0]: lg for lg in spec.pairs}
+    # the pair of a language itself (fr), else its first variant (fr_l): a variant must not stand in for the full pair
+    langs = {lg.split("_")[0]: lg for lg in reversed(spec.pairs)} | {lg: lg for lg in spec.pairs}
     if "ar" in langs and "fr" in langs:
         fr = _probe_aggregate([r for r in probes.get(langs["fr"], []) if r["pair"] == f"{langs['fr']}-en"],
                               "fr-en", "cosine")
