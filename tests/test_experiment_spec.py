@@ -216,12 +216,15 @@ def test_executor_records_a_failure_and_runs_the_others(tmp_path):
     assert open(exp / "logs" / "r1.pretrain.log").read().count("$ ") == 2
 
 
-def _fake_outputs(run: Run, ppl: float, acc: float, acc_std: float, zs: float | None) -> None:
+def _fake_outputs(run: Run, ppl: float, acc: float, acc_std: float, zs: float | None,
+                  floor: float | None = None) -> None:
     d = run.run_dir
     os.makedirs(os.path.join(d, "downstream", "builtin", "bible_genre-within"), exist_ok=True)
     json.dump({"step": 8, "valid": {l: {"ppl": ppl} for l in run.langs}}, open(os.path.join(d, "final_ppl.json"), "w"))
     rows = [{"task": "bible_genre", "setting": "within", "train_lang": "sw", "test_lang": "sw", "n_seeds": 2,
              "accuracy_mean": acc, "accuracy_std": acc_std, "dev_mean": acc}]
+    if floor is not None:
+        rows[0]["majority_accuracy"] = floor
     json.dump({"task": "bible_genre", "metric": "accuracy", "rows": rows},
               open(os.path.join(d, "downstream", "builtin", "bible_genre-within", "results.json"), "w"))
     if zs is not None:
@@ -261,6 +264,46 @@ def test_report_tables_and_findings_from_run_outputs(tmp_path):
     assert f"difference +0.1900 in the claimed direction, 2 SE = {2 * se:.4f}" in f
     assert "| F1: Mono beats JointPair within-language on a high-resource language (negative interference) | " \
            "**reproduced (partly tested)** |" in f  # bpc was not measured in this fake
+
+
+def test_a_side_at_its_majority_class_floor_makes_the_comparison_inconclusive(tmp_path):
+    plan = _plan("smoke", tmp_path)
+    write_inputs(plan)
+    ids = {r.id: r for r in plan.runs}
+    # Mono clearly above JointPair, but JointPair's head sits 0.5 points above the 22.0 floor: a collapsed classifier
+    for rid, acc in (("mono-sw-s0", 0.36), ("mono-sw-s1", 0.37), ("jointpair-sw-s0", 0.224), ("jointpair-sw-s1", 0.226)):
+        _fake_outputs(ids[rid], 100.0, acc, 0.0, None, floor=0.22)
+    text = build_report(plan, {})
+    assert "| *majority class* | *22.0* |" in text
+    assert "@majority" not in open(os.path.join(plan.out_dir, "tables", "within.md")).read()  # no floor column
+    f = open(os.path.join(plan.out_dir, "findings.md")).read()
+    line = next(l for l in f.splitlines() if l.startswith("- Mono > JointPair: bible_genre/within/accuracy"))
+    assert "**inconclusive**" in line and "JointPair 22.5 is at or below the majority-class floor 22.0" in line
+    assert "Mono 36.5 is at" not in line
+    # 1.5 points above the floor is learning, not the prior: the usual 2-SE rule decides again
+    for rid, acc in (("jointpair-sw-s0", 0.234), ("jointpair-sw-s1", 0.236)):
+        _fake_outputs(ids[rid], 100.0, acc, 0.0, None, floor=0.22)
+    build_report(plan, {})
+    f = open(os.path.join(plan.out_dir, "findings.md")).read()
+    line = next(l for l in f.splitlines() if l.startswith("- Mono > JointPair: bible_genre/within/accuracy"))
+    assert "**reproduced**" in line and "floor" not in line
+
+
+def test_report_summarises_mask_similarity_per_pair_and_lists_only_png_figures(tmp_path):
+    plan = _plan("smoke", tmp_path)
+    write_inputs(plan)
+    run = next(r for r in plan.runs if r.id == "jointpair-sw-s0")
+    d = os.path.join(run.run_dir, "analysis")
+    os.makedirs(d)
+    with open(os.path.join(d, "mask_similarity.csv"), "w") as f:
+        f.write("layer,component,pair,run_a,run_b,cosine,n_gates\n0,ffn,sw-en,a,b,0.2,4\n1,ffn,sw-en,a,b,0.6,4\n"
+                "0,ffn,sw-sw,a,b,0.9,4\n1,ffn,sw-sw,a,b,nan,4\n")
+    os.makedirs(os.path.join(plan.out_dir, "figures", "warmup_sw"))  # a directory of the warm-up report
+    open(os.path.join(plan.out_dir, "figures", "grad_conflict_runs.csv"), "w").close()
+    text = build_report(plan, {})
+    assert "| jointpair-sw-s0 | sw-en | ffn | 0.400 | 0.200 |" in text  # mean and min of 0.2 and 0.6
+    assert "| jointpair-sw-s0 | sw-sw | ffn | 0.900 | 0.900 |" in text  # a non-finite layer is left out
+    assert "figures/warmup_sw)" not in text and "grad_conflict_runs.csv" not in text
 
 
 def test_compare_rule_against_hand_values():

@@ -2,10 +2,10 @@
 
 A measurement is one number of one run: validation perplexity or bits per character of a language, a downstream
 score (task, setting, metric, test language: the fine-tuning grid's mean over its fine-tuning seeds, with their
-sample std and count), a verse-retrieval accuracy, or a gradient-conflict cosine. Aggregation groups by
-(row, group, measure, language) and takes mean ± sample std over the pretraining seeds; with one pretraining seed
-the spread shown is the fine-tuning seeds' (labelled), and with neither there is no spread (a finding then stays
-inconclusive).
+sample std and count) and its majority-class floor (measure name + :data:`FLOOR`), a verse-retrieval accuracy, or
+a gradient-conflict cosine. Aggregation groups by (row, group, measure, language) and takes mean ± sample std over
+the pretraining seeds; with one pretraining seed the spread shown is the fine-tuning seeds' (labelled), and with
+neither there is no spread (a finding then stays inconclusive).
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from .plan import Plan, Run
 
 #: Measures where lower is better; every other measure is higher-is-better.
 LOWER_IS_BETTER = ("valid_ppl", "bpc")
+#: Suffix of a downstream measure's majority-class floor (:mod:`negint_ds.tasks.baseline`): ``task/setting/metric``
+#: + FLOOR is the score of always predicting the training split's most frequent label.
+FLOOR = "@majority"
 
 
 @dataclass
@@ -86,6 +89,8 @@ def run_measurements(run: Run) -> list[Measurement]:
             for metric in metrics:
                 m(f"{r['task']}/{r['setting']}/{metric}", r["test_lang"], r[f"{metric}_mean"], r[f"{metric}_std"]
                   if r["n_seeds"] > 1 else None, r["n_seeds"])
+                if f"majority_{metric}" in r:  # grids run before the floor was recorded have none
+                    m(f"{r['task']}/{r['setting']}/{metric}{FLOOR}", r["test_lang"], r[f"majority_{metric}"])
     for path in sorted(glob.glob(os.path.join(d, "downstream", "*", "*retrieval*.json"))):
         for r in _json(path):
             m(f"{r['task']}/lg->en", r["lang"], r["lang_to_pivot"])
@@ -157,5 +162,5 @@ def _tokens_per_step(run: Run, ds: dict) -> int:
     return micro * world * run.recipe["train"]["seq_len"]
 
 
-__all__ = ["Aggregate", "LOWER_IS_BETTER", "Measurement", "aggregate", "cost_measurements", "grad_conflict_rows",
-           "run_measurements"]
+__all__ = ["Aggregate", "FLOOR", "LOWER_IS_BETTER", "Measurement", "aggregate", "cost_measurements",
+           "grad_conflict_rows", "run_measurements"]

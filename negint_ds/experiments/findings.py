@@ -3,7 +3,8 @@ inconclusive.
 
 A comparison "A beats B" is **reproduced** when A − B (sign-adjusted so that positive is the claimed direction)
 exceeds twice its standard error √(s_A²/n_A + s_B²/n_B), **not reproduced** when it is below −2 standard errors
-(the opposite holds), and **inconclusive** in between or when either side has no spread (one seed). The spread is
+(the opposite holds), and **inconclusive** in between, when either side has no spread (one seed), or when either
+side's fine-tuned score is at its majority-class floor (:func:`floor_check`). The spread is
 over pretraining seeds when there are ≥ 2, else over fine-tuning seeds (:mod:`.collect`), which understates the
 pretraining variance; the report says which.
 """
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .collect import LOWER_IS_BETTER, Aggregate
+from .collect import FLOOR, LOWER_IS_BETTER, Aggregate
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED = "reproduced", "not reproduced", "inconclusive", "not tested"
 MIXED = "mixed"
+#: A fine-tuned score at most this far (a fraction: 1 point) above its majority-class floor counts as at the floor.
+FLOOR_MARGIN = 0.01
 
 
 @dataclass
@@ -76,14 +79,36 @@ def _probe_aggregate(rows: list[dict], label: str, measure: str) -> Aggregate | 
 def _downstream(aggs: dict, row: str, group: str, setting: str, lang: str) -> list[tuple[str, Aggregate]]:
     """(measure, aggregate) of ``row`` in ``group`` for every task/metric of ``setting`` tested in ``lang``."""
     return [(k[2], a) for k, a in aggs.items() if k[0] == row and k[1] == group and k[3] == lang
-            and k[2].split("/")[1:2] == [setting]]
+            and k[2].split("/")[1:2] == [setting] and not k[2].endswith(FLOOR)]
+
+
+def floor_check(c: Comparison, aggs: dict, measure: str, group: str, lang: str) -> Comparison:
+    """``c`` made inconclusive when either side's mean is at most :data:`FLOOR_MARGIN` above its majority-class
+    floor (or below it: a zero-shot head can predict a class that is rare in the test language).
+
+    A fine-tuned head at the floor predicts the label prior whatever the encoder (:mod:`negint_ds.tasks.baseline`),
+    so the difference measures which fine-tuning collapsed, not interference; bits per character still judge the
+    encoders. Grids without a recorded floor are judged as before.
+    """
+    if c.verdict == NOT_TESTED:
+        return c
+    low = []
+    for row in (c.a, c.b):
+        side, floor = aggs.get((row, group, measure, lang)), aggs.get((row, group, measure + FLOOR, lang))
+        if side is not None and floor is not None and side.mean - floor.mean <= FLOOR_MARGIN:
+            low.append(f"{row} {100 * side.mean:.1f} is at or below the majority-class floor {100 * floor.mean:.1f}")
+    if not low:
+        return c
+    return Comparison(c.what, c.a, c.b, c.diff, c.se, INCONCLUSIVE,
+                      f"{c.detail}; {'; '.join(low)} (its classifier learned only the label prior)")
 
 
 def _pairwise(aggs: dict, row_a: str, row_b: str, group: str, setting: str, lang: str, claim: str) -> list[Comparison]:
     b_by = dict(_downstream(aggs, row_b, group, setting, lang))
     out = []
     for measure, a in _downstream(aggs, row_a, group, setting, lang):
-        out.append(compare(f"{claim}: {measure} in {lang} ({group})", a, b_by.get(measure), row_a, row_b))
+        c = compare(f"{claim}: {measure} in {lang} ({group})", a, b_by.get(measure), row_a, row_b)
+        out.append(floor_check(c, aggs, measure, group, lang))
     if not out:  # name what is missing: row_a's results, and row_b's if it has none either
         any_b = next(iter(b_by.values()), None)
         out = [compare(f"{claim}: {setting} in {lang} ({group})", None, any_b, row_a, row_b)]
@@ -169,7 +194,9 @@ def findings_markdown(items: list[dict]) -> str:
              "fine-tuning seeds of one pretrained model (it understates pretraining variance). With few seeds this is a "
              "screen, not a significance test: at n = 2 per side a two-sided 95% Welch t-test needs about 4.3–12.7 "
              "standard errors (1–2 degrees of freedom), so treat a 'reproduced' from 2 seeds as a direction worth "
-             "more seeds.", "",
+             "more seeds. A fine-tuned score within 1 point of its majority-class floor (always predicting the "
+             "training split's most frequent label) makes its comparison inconclusive: that head learned only the "
+             "label prior.", "",
              "| claim | verdict |", "|---|---|"]
     lines += [f"| {f['id']}: {f['claim']} | **{f['verdict']}** |" for f in items]
     for f in items:
@@ -178,4 +205,4 @@ def findings_markdown(items: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Comparison", "combine", "compare", "findings", "findings_markdown"]
+__all__ = ["Comparison", "FLOOR_MARGIN", "combine", "compare", "findings", "findings_markdown", "floor_check"]

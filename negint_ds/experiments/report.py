@@ -5,11 +5,13 @@ Every cell is mean ± std over seeds with the number of seeds (:mod:`.collect`);
 """
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 
 from ..analysis.tables import write_csv
 from ..atomic import atomic_write_text
-from .collect import LOWER_IS_BETTER, aggregate, cost_measurements, grad_conflict_rows, run_measurements
+from .collect import FLOOR, LOWER_IS_BETTER, aggregate, cost_measurements, grad_conflict_rows, run_measurements
 from .findings import findings, findings_markdown
 from .plan import Plan, groups, parameter_counts
 
@@ -78,11 +80,15 @@ def _group_table(plan: Plan, status: dict, aggs: dict, group: str, measures: lis
                                  "n": a.n, "spread": a.spread, "seeds": " ".join(map(str, a.seeds))})
         name = f"{row} — {fail}" if fail else row
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    floors = [[a.mean for k, a in aggs.items() if k[1:] == (group, m + FLOOR, lang)] for m, lang in measures]
+    if any(floors):  # one data set per group, so every row's floor is the same: show it once
+        lines.append("| *majority class* | " + " | ".join(f"*{100 * sum(f) / len(f):.1f}*" if f else "–"
+                                                          for f in floors) + " |")
     return lines + [""], csv_rows
 
 
 def _measures(aggs: dict, group: str, pred) -> list[tuple[str, str]]:
-    seen = dict.fromkeys((k[2], k[3]) for k in aggs if k[1] == group and pred(k[2]))
+    seen = dict.fromkeys((k[2], k[3]) for k in aggs if k[1] == group and pred(k[2]) and not k[2].endswith(FLOOR))
     return sorted(seen, key=lambda x: (x[0], x[1]))
 
 
@@ -124,7 +130,7 @@ def _scaling(plan: Plan, status: dict, aggs: dict) -> tuple[list[str], list[dict
     gs = [g for g, _ in groups(plan.spec)]
     counts = {g: int(g[1:]) for g in gs}
     langs = list(dict.fromkeys(l for _, sl in groups(plan.spec) for l in sl))
-    measures = sorted({k[2] for k in aggs if k[1] in counts})
+    measures = sorted({k[2] for k in aggs if k[1] in counts and not k[2].endswith(FLOOR)})
     lines, csv_rows = ["## Scaling: each language's metric against the number of languages", ""], []
     for m in measures:
         lines += [f"### {m} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)", "",
@@ -252,6 +258,39 @@ def _cost(plan: Plan, status: dict, fig_path: str) -> tuple[list[str], list[dict
     return lines, rows
 
 
+def _masks(plan: Plan, grid: list) -> list[str]:
+    """Fig. 4a/4b: for each run with a mask report, the mean mask cosine over layers per (pair, component) — lg–en
+    against the same-language controls of two mask seeds — and its figure, copied to ``figures/masks_<run>.png``."""
+    lines, rows = [], []
+    for run in grid:
+        d = os.path.join(run.run_dir, "analysis")
+        path = os.path.join(d, "mask_similarity.csv")
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            sims = [r for r in csv.DictReader(f) if r["cosine"] not in ("", "nan")]
+        by: dict[tuple[str, str], list[float]] = {}
+        for r in sims:
+            by.setdefault((r["pair"], r["component"]), []).append(float(r["cosine"]))
+        for (pair, comp), vals in sorted(by.items()):
+            rows.append({"run": run.id, "pair": pair, "component": comp, "layers": len(vals),
+                         "mean_cosine": sum(vals) / len(vals), "min_cosine": min(vals)})
+        png = os.path.join(d, "mask_similarity.png")
+        if os.path.isfile(png):
+            shutil.copyfile(png, os.path.join(plan.out_dir, "figures", f"masks_{run.id}.png"))
+            lines += [f"![masks {run.id}](figures/masks_{run.id}.png)", ""]
+    if not rows:
+        return []
+    write_csv(rows, ("run", "pair", "component", "layers", "mean_cosine", "min_cosine"),
+              os.path.join(plan.out_dir, "tables", "masks.csv"))
+    head = ["## Fig. 4a/4b: per-language L0 masks on the frozen model (cosine of π, mean and minimum over layers)",
+            "", "lg–en compares two languages' masks; lg–lg and en–en compare two mask seeds of one language (the "
+            "control).", "", "| run | pair | component | mean | min |", "|---|---|---|---|---|"]
+    head += [f"| {r['run']} | {r['pair']} | {r['component']} | {r['mean_cosine']:.3f} | {r['min_cosine']:.3f} |"
+             for r in rows]
+    return head + [""] + lines
+
+
 def build_report(plan: Plan, status: dict) -> str:
     """Write ``report.md``, ``tables/*.md|csv``, ``figures/*.png`` and (pairs grids) ``findings.md``; return the
     report text."""
@@ -294,6 +333,7 @@ def build_report(plan: Plan, status: dict) -> str:
             png = os.path.join(out, "figures", f"downstream_{g}.png")
             if _bar_figure(plan, aggs, g, ds, png):
                 lines += [f"![downstream {g}](figures/downstream_{g}.png)", ""]
+        lines += _masks(plan, grid)
         probes = {g: [r for run in grid if run.group == g and run.row == "JointPair" for r in grad_conflict_rows(run)]
                   for g, _ in groups(spec)}
         items = findings(spec, aggs, probes)
@@ -318,7 +358,7 @@ def build_report(plan: Plan, status: dict) -> str:
             atomic_write_text(os.path.join(out, "tables", "cost.md"), "\n".join(c) + "\n")
             lines += c
     for fig in sorted(os.listdir(os.path.join(out, "figures"))):
-        if fig.startswith(("grad_conflict", "warmup")):
+        if fig.startswith(("grad_conflict", "warmup")) and fig.endswith(".png"):
             lines += [f"![{fig}](figures/{fig})", ""]
     text = "\n".join(lines) + "\n"
     atomic_write_text(os.path.join(out, "report.md"), text)

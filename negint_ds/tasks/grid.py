@@ -18,6 +18,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..config.loader import to_mapping
 from ..train.dist import on_rank0
 from . import evaluate as ev
+from .baseline import majority_scores
 from .cell import Cell, make_eval, run_cell
 from .config import FinetuneConfig
 from .encode import encode_qa, encode_texts, encode_tokens
@@ -156,18 +157,32 @@ def run_plan(pre, p: Plan, ds_config: dict, out_dir: str, rank: int = 0, world: 
         log.info("cell %d/%d: %s", k + 1, len(p.cells), cell.name)
         results.append(run_cell(pre, p.spec, p.cfg, cell, len(p.labels), p.train[cell.train_lang][1], dev_eval,
                                 tests, ds_config, cell_dir, {**base, "cell": cell.name}, rank, world, progress))
-    summary = summarize(p.spec, results)
+    summary = summarize(p.spec, results, floors(p))
     on_rank0(lambda: write_summary(out_dir, p.spec, summary), rank, world)
     return summary
 
 
-def summarize(spec: TaskSpec, results: list[dict]) -> dict:
+def floors(p: Plan) -> dict[tuple[str, str], dict[str, float]]:
+    """(train lang, test lang) → the majority-class scores of that pair (:mod:`.baseline`); empty for QA."""
+    out = {}
+    for tl, tests in p.test_langs.items():
+        for l in tests:
+            s = majority_scores(p.spec, p.train[tl][0], p.test[l][0], p.labels)
+            if s is not None:
+                out[(tl, l)] = s
+    return out
+
+
+def summarize(spec: TaskSpec, results: list[dict], floor_scores: dict | None = None) -> dict:
     """Appendix A selection over finished cells: per training language, the hyper-parameters with the best mean
     dev score over seeds, and their test scores as mean ± sample std over seeds.
 
+    Args:
+        floor_scores: :func:`floors`' majority-class scores, stored in each row as ``majority_<metric>``.
+
     Returns:
         ``{"task", "metric", "rows": [{setting, train_lang, test_lang, batch_size, lr, classifier_lr, n_seeds,
-        dev_mean, <metric>_mean, <metric>_std, ...}], "cells": [per-cell summaries]}``.
+        dev_mean, <metric>_mean, <metric>_std, ..., majority_<metric>, ...}], "cells": [per-cell summaries]}``.
     """
     groups: dict[tuple, dict[tuple, list[dict]]] = {}
     for r in results:
@@ -187,6 +202,7 @@ def summarize(spec: TaskSpec, results: list[dict]) -> dict:
                 vals = np.array([r["test"][lang][m] for r in runs], dtype=float)
                 row[f"{m}_mean"] = float(vals.mean())
                 row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            row.update({f"majority_{m}": v for m, v in (floor_scores or {}).get((tl, lang), {}).items()})
             rows.append(row)
     cells = [{"name": r["name"], "best_epoch": r["best_epoch"], "best_dev": r["best_dev"],
               **{f"test_{l}_{spec.metric}": s[spec.metric] for l, s in r["test"].items()},
@@ -215,15 +231,23 @@ def markdown(spec: TaskSpec, summary: dict) -> str:
     if not rows:
         return f"# {spec.name}\n\nno finished cells\n"
     metrics = [k[:-5] for k in rows[0] if k.endswith("_mean") and k != "dev_mean"]
+    floor = f"majority_{spec.metric}"
+    has_floor = any(floor in r for r in rows)
     head = ["setting", "train", "test", "batch", "lr", "dev " + spec.metric] + metrics
+    head += [f"majority class {spec.metric}"] if has_floor else []
     lines = [f"# {spec.name}: {spec.description}", "",
              "Scores in percent: mean ± sample std over seeds (number of seeds); hyper-parameters chosen by the mean "
-             "dev score (Appendix A).", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "dev score (Appendix A)." + (" Majority class: the test score of always predicting the training "
+                                          "split's most frequent label (a score there learned only the prior)."
+                                          if has_floor else ""),
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lr = f"{r['lr']:g}" + (f" / {r['classifier_lr']:g}" if r["classifier_lr"] is not None else "")
-        lines.append("| " + " | ".join([r["setting"], r["train_lang"], r["test_lang"], str(r["batch_size"]), lr,
-                                         f"{100 * r['dev_mean']:.1f}"] + [pm(r, m) for m in metrics]) + " |")
+        cells = [r["setting"], r["train_lang"], r["test_lang"], str(r["batch_size"]), lr,
+                 f"{100 * r['dev_mean']:.1f}"] + [pm(r, m) for m in metrics]
+        cells += [f"{100 * r[floor]:.1f}" if floor in r else "–"] if has_floor else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Plan", "languages", "markdown", "plan", "run_plan", "summarize", "write_summary"]
+__all__ = ["Plan", "floors", "languages", "markdown", "plan", "run_plan", "summarize", "write_summary"]
