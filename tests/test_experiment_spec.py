@@ -271,7 +271,8 @@ def test_a_side_at_its_majority_class_floor_makes_the_comparison_inconclusive(tm
     write_inputs(plan)
     ids = {r.id: r for r in plan.runs}
     # Mono clearly above JointPair, but JointPair's head sits 0.5 points above the 22.0 floor: a collapsed classifier
-    for rid, acc in (("mono-sw-s0", 0.36), ("mono-sw-s1", 0.37), ("jointpair-sw-s0", 0.224), ("jointpair-sw-s1", 0.226)):
+    accs = (("mono-sw-s0", 0.36), ("mono-sw-s1", 0.37), ("jointpair-sw-s0", 0.224), ("jointpair-sw-s1", 0.226))
+    for rid, acc in accs:
         _fake_outputs(ids[rid], 100.0, acc, 0.0, None, floor=0.22)
     text = build_report(plan, {})
     assert "| *majority class* | *22.0* |" in text
