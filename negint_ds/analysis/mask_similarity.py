@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..atomic import atomic_write_bytes
-from .masks import LOG_ALPHA_FILE
+from .mask_layout import LOG_ALPHA_FILE, SIMILARITY_PNG
 from .pretrained import AnalysisError
 from .tables import write_csv
 
@@ -306,7 +306,7 @@ def write_mask_report(mask_dir: str, pairs: Sequence, out_dir: str, k: int = 10)
     names = list(dict.fromkeys(n for p in pairs for n in p))
     masks = {n: load_mask(os.path.join(mask_dir, n)) for n in names}
     os.makedirs(out_dir, exist_ok=True)
-    written = plot_similarity(similarity_rows(masks, pairs), os.path.join(out_dir, "mask_similarity.png"))
+    written = plot_similarity(similarity_rows(masks, pairs), os.path.join(out_dir, SIMILARITY_PNG))
     cross = [(a, b) for a, b in pairs if run_language(a) != run_language(b)]
     for a, b in cross:
         la, lb = run_language(a), run_language(b)

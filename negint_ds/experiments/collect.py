@@ -2,7 +2,7 @@
 
 A measurement is one number of one run: validation perplexity or bits per character of a language, a downstream
 score (task, setting, metric, test language: the fine-tuning grid's mean over its fine-tuning seeds, with their
-sample std and count) and its majority-class floor (measure name + :data:`FLOOR`), a verse-retrieval accuracy, or
+sample std and count, and its majority-class ``floor`` where the grid recorded one), a verse-retrieval accuracy, or
 a gradient-conflict cosine. Aggregation groups by (row, group, measure, language) and takes mean ± sample std over
 the pretraining seeds; with one pretraining seed the spread shown is the fine-tuning seeds' (labelled), and with
 neither there is no spread (a finding then stays inconclusive).
@@ -22,9 +22,6 @@ from .plan import Plan, Run
 
 #: Measures where lower is better; every other measure is higher-is-better.
 LOWER_IS_BETTER = ("valid_ppl", "bpc")
-#: Suffix of a downstream measure's majority-class floor (:mod:`negint_ds.tasks.baseline`): ``task/setting/metric``
-#: + FLOOR is the score of always predicting the training split's most frequent label.
-FLOOR = "@majority"
 
 
 @dataclass
@@ -38,6 +35,8 @@ class Measurement:
     value: float
     ft_std: float | None = None
     ft_n: int = 1
+    #: the score of always predicting the training split's most frequent label (:mod:`negint_ds.tasks.baseline`)
+    floor: float | None = None
 
 
 @dataclass
@@ -45,7 +44,8 @@ class Aggregate:
     """Mean ± spread of one (row, group, measure, lang) over pretraining seeds.
 
     ``spread`` is ``pretraining seeds`` (sample std over ≥ 2 seeds), ``fine-tuning seeds`` (one pretraining seed:
-    the grid's std over its fine-tuning seeds) or ``none``; ``n`` counts the seeds the std is over.
+    the grid's std over its fine-tuning seeds) or ``none``; ``n`` counts the seeds the std is over. ``floor``: the
+    mean majority-class score of the seeds that recorded one (None for other measures and older grids).
     """
 
     row: str
@@ -57,6 +57,7 @@ class Aggregate:
     n: int
     spread: str
     seeds: list[int] = field(default_factory=list)
+    floor: float | None = None
 
     def cell(self, scale: float = 1.0, digits: int = 1) -> str:
         if not math.isfinite(self.mean):
@@ -75,8 +76,8 @@ def _json(path: str):
 def run_measurements(run: Run) -> list[Measurement]:
     """Every number one grid run has produced so far (missing outputs give none)."""
     out: list[Measurement] = []
-    m = lambda measure, lang, v, s=None, n=1: out.append(  # noqa: E731
-        Measurement(run.id, run.row, run.group, run.seed, measure, lang, float(v), s, n))
+    m = lambda measure, lang, v, s=None, n=1, floor=None: out.append(  # noqa: E731
+        Measurement(run.id, run.row, run.group, run.seed, measure, lang, float(v), s, n, floor))
     d = run.run_dir
     fp = os.path.join(d, "final_ppl.json")
     if os.path.isfile(fp):
@@ -88,9 +89,7 @@ def run_measurements(run: Run) -> list[Measurement]:
             metrics = [k[:-5] for k in r if k.endswith("_mean") and k != "dev_mean"]
             for metric in metrics:
                 m(f"{r['task']}/{r['setting']}/{metric}", r["test_lang"], r[f"{metric}_mean"], r[f"{metric}_std"]
-                  if r["n_seeds"] > 1 else None, r["n_seeds"])
-                if f"majority_{metric}" in r:  # grids run before the floor was recorded have none
-                    m(f"{r['task']}/{r['setting']}/{metric}{FLOOR}", r["test_lang"], r[f"majority_{metric}"])
+                  if r["n_seeds"] > 1 else None, r["n_seeds"], r.get(f"majority_{metric}"))
     for path in sorted(glob.glob(os.path.join(d, "downstream", "*", "*retrieval*.json"))):
         for r in _json(path):
             m(f"{r['task']}/lg->en", r["lang"], r["lang_to_pivot"])
@@ -127,7 +126,9 @@ def aggregate(ms: list[Measurement]) -> dict[tuple[str, str, str, str], Aggregat
             std, n, spread = xs[0].ft_std, xs[0].ft_n, "fine-tuning seeds"
         else:
             std, n, spread = None, 1, "none"
-        out[key] = Aggregate(*key, float(vals.mean()), std, n, spread, sorted(x.seed for x in xs))
+        floors = [x.floor for x in xs if x.floor is not None]
+        out[key] = Aggregate(*key, float(vals.mean()), std, n, spread, sorted(x.seed for x in xs),
+                             float(np.mean(floors)) if floors else None)
     return out
 
 
@@ -162,5 +163,5 @@ def _tokens_per_step(run: Run, ds: dict) -> int:
     return micro * world * run.recipe["train"]["seq_len"]
 
 
-__all__ = ["Aggregate", "FLOOR", "LOWER_IS_BETTER", "Measurement", "aggregate", "cost_measurements",
+__all__ = ["Aggregate", "LOWER_IS_BETTER", "Measurement", "aggregate", "cost_measurements",
            "grad_conflict_rows", "run_measurements"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .collect import FLOOR, LOWER_IS_BETTER, Aggregate
+from .collect import LOWER_IS_BETTER, Aggregate
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED = "reproduced", "not reproduced", "inconclusive", "not tested"
 MIXED = "mixed"
@@ -79,10 +79,10 @@ def _probe_aggregate(rows: list[dict], label: str, measure: str) -> Aggregate | 
 def _downstream(aggs: dict, row: str, group: str, setting: str, lang: str) -> list[tuple[str, Aggregate]]:
     """(measure, aggregate) of ``row`` in ``group`` for every task/metric of ``setting`` tested in ``lang``."""
     return [(k[2], a) for k, a in aggs.items() if k[0] == row and k[1] == group and k[3] == lang
-            and k[2].split("/")[1:2] == [setting] and not k[2].endswith(FLOOR)]
+            and k[2].split("/")[1:2] == [setting]]
 
 
-def floor_check(c: Comparison, aggs: dict, measure: str, group: str, lang: str) -> Comparison:
+def floor_check(c: Comparison, a: Aggregate | None, b: Aggregate | None) -> Comparison:
     """``c`` made inconclusive when either side's mean is at most :data:`FLOOR_MARGIN` above its majority-class
     floor (or below it: a zero-shot head can predict a class that is rare in the test language).
 
@@ -92,11 +92,9 @@ def floor_check(c: Comparison, aggs: dict, measure: str, group: str, lang: str) 
     """
     if c.verdict == NOT_TESTED:
         return c
-    low = []
-    for row in (c.a, c.b):
-        side, floor = aggs.get((row, group, measure, lang)), aggs.get((row, group, measure + FLOOR, lang))
-        if side is not None and floor is not None and side.mean - floor.mean <= FLOOR_MARGIN:
-            low.append(f"{row} {100 * side.mean:.1f} is at or below the majority-class floor {100 * floor.mean:.1f}")
+    low = [f"{name} {100 * side.mean:.1f} is at or below the majority-class floor {100 * side.floor:.1f}"
+           for name, side in ((c.a, a), (c.b, b))
+           if side is not None and side.floor is not None and side.mean - side.floor <= FLOOR_MARGIN]
     if not low:
         return c
     return Comparison(c.what, c.a, c.b, c.diff, c.se, INCONCLUSIVE,
@@ -107,8 +105,8 @@ def _pairwise(aggs: dict, row_a: str, row_b: str, group: str, setting: str, lang
     b_by = dict(_downstream(aggs, row_b, group, setting, lang))
     out = []
     for measure, a in _downstream(aggs, row_a, group, setting, lang):
-        c = compare(f"{claim}: {measure} in {lang} ({group})", a, b_by.get(measure), row_a, row_b)
-        out.append(floor_check(c, aggs, measure, group, lang))
+        b = b_by.get(measure)
+        out.append(floor_check(compare(f"{claim}: {measure} in {lang} ({group})", a, b, row_a, row_b), a, b))
     if not out:  # name what is missing: row_a's results, and row_b's if it has none either
         any_b = next(iter(b_by.values()), None)
         out = [compare(f"{claim}: {setting} in {lang} ({group})", None, any_b, row_a, row_b)]

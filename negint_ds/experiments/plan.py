@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..analysis.mask_layout import SUMMARY_FILE, mask_run_dir
+from ..analysis.mask_layout import SIMILARITY_CSV, SUMMARY_FILE, mask_run_dir
 from ..config.deepspeed import read_ds_config
 from ..config.experiment import ExperimentConfig, _deep_merge, _resolve_extends, recipe_path
 from ..config.loader import ConfigError, apply_overrides, from_mapping, to_mapping
@@ -223,7 +223,7 @@ def _stages(spec: ExperimentSpec, run: Run, ds_file: str, est: dict[str, float],
                         estimate_s=est["bpc"]))
     m = spec.analyses.masks
     if m.enabled and run.row in m.rows and len(run.langs) > 1 and (m.pairs is None or run.group in m.pairs):
-        report = os.path.join(d, "analysis", "mask_similarity.csv")
+        report = os.path.join(d, "analysis", SIMILARITY_CSV)
         lg = run.langs[0]
         # the masks command's own completion markers (each mask run writes its summary last); the report's CSV
         # belongs to the mask_report stage

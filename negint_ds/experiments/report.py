@@ -9,9 +9,10 @@ import csv
 import os
 import shutil
 
+from ..analysis.mask_layout import SIMILARITY_CSV, SIMILARITY_PNG
 from ..analysis.tables import write_csv
 from ..atomic import atomic_write_text
-from .collect import FLOOR, LOWER_IS_BETTER, aggregate, cost_measurements, grad_conflict_rows, run_measurements
+from .collect import LOWER_IS_BETTER, aggregate, cost_measurements, grad_conflict_rows, run_measurements
 from .findings import findings, findings_markdown
 from .plan import Plan, groups, parameter_counts
 
@@ -80,7 +81,8 @@ def _group_table(plan: Plan, status: dict, aggs: dict, group: str, measures: lis
                                  "n": a.n, "spread": a.spread, "seeds": " ".join(map(str, a.seeds))})
         name = f"{row} — {fail}" if fail else row
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    floors = [[a.mean for k, a in aggs.items() if k[1:] == (group, m + FLOOR, lang)] for m, lang in measures]
+    floors = [[a.floor for row in plan.spec.rows if (a := aggs.get((row, group, m, lang))) and a.floor is not None]
+              for m, lang in measures]
     if any(floors):  # one data set per group, so every row's floor is the same: show it once
         lines.append("| *majority class* | " + " | ".join(f"*{100 * sum(f) / len(f):.1f}*" if f else "–"
                                                           for f in floors) + " |")
@@ -88,7 +90,7 @@ def _group_table(plan: Plan, status: dict, aggs: dict, group: str, measures: lis
 
 
 def _measures(aggs: dict, group: str, pred) -> list[tuple[str, str]]:
-    seen = dict.fromkeys((k[2], k[3]) for k in aggs if k[1] == group and pred(k[2]) and not k[2].endswith(FLOOR))
+    seen = dict.fromkeys((k[2], k[3]) for k in aggs if k[1] == group and pred(k[2]))
     return sorted(seen, key=lambda x: (x[0], x[1]))
 
 
@@ -130,7 +132,7 @@ def _scaling(plan: Plan, status: dict, aggs: dict) -> tuple[list[str], list[dict
     gs = [g for g, _ in groups(plan.spec)]
     counts = {g: int(g[1:]) for g in gs}
     langs = list(dict.fromkeys(l for _, sl in groups(plan.spec) for l in sl))
-    measures = sorted({k[2] for k in aggs if k[1] in counts and not k[2].endswith(FLOOR)})
+    measures = sorted({k[2] for k in aggs if k[1] in counts})
     lines, csv_rows = ["## Scaling: each language's metric against the number of languages", ""], []
     for m in measures:
         lines += [f"### {m} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)", "",
@@ -264,7 +266,7 @@ def _masks(plan: Plan, grid: list) -> list[str]:
     lines, rows = [], []
     for run in grid:
         d = os.path.join(run.run_dir, "analysis")
-        path = os.path.join(d, "mask_similarity.csv")
+        path = os.path.join(d, SIMILARITY_CSV)
         if not os.path.isfile(path):
             continue
         with open(path, encoding="utf-8") as f:
@@ -275,7 +277,7 @@ def _masks(plan: Plan, grid: list) -> list[str]:
         for (pair, comp), vals in sorted(by.items()):
             rows.append({"run": run.id, "pair": pair, "component": comp, "layers": len(vals),
                          "mean_cosine": sum(vals) / len(vals), "min_cosine": min(vals)})
-        png = os.path.join(d, "mask_similarity.png")
+        png = os.path.join(d, SIMILARITY_PNG)
         if os.path.isfile(png):
             shutil.copyfile(png, os.path.join(plan.out_dir, "figures", f"masks_{run.id}.png"))
             lines += [f"![masks {run.id}](figures/masks_{run.id}.png)", ""]
@@ -300,7 +302,8 @@ def build_report(plan: Plan, status: dict) -> str:
     grid = [r for r in plan.runs if r.kind == "grid"]
     ms = [m for r in grid for m in run_measurements(r)]
     aggs = aggregate(ms)
-    write_csv([vars(m) for m in ms], ("run", "row", "group", "seed", "measure", "lang", "value", "ft_std", "ft_n"),
+    write_csv([vars(m) for m in ms], ("run", "row", "group", "seed", "measure", "lang", "value", "ft_std", "ft_n",
+                                      "floor"),
               os.path.join(out, "tables", "measurements.csv"))
     spec = plan.spec
     lines = [f"# Experiment {spec.name}", "", spec.description, "",
